@@ -1,0 +1,258 @@
+//! The host side of the `weir:pipeline` WIT contract: what a stage instance may import, the
+//! per-request state behind those imports, and the resource limits of each instance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::tensor;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "model",
+});
+
+pub use exports::weir::pipeline::stage::StageError;
+pub use weir::pipeline::types as wit;
+
+/// Which stage slot a component fills; it decides what the component may import.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StageKind {
+    Preprocess,
+    Model,
+    Postprocess,
+}
+
+impl StageKind {
+    /// The slot's name in manifests, logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Preprocess => "preprocess",
+            StageKind::Model => "model",
+            StageKind::Postprocess => "postprocess",
+        }
+    }
+
+    /// The WIT world a component in this slot targets.
+    pub fn world(self) -> &'static str {
+        match self {
+            StageKind::Preprocess => "preprocessor",
+            StageKind::Model => "model",
+            StageKind::Postprocess => "postprocessor",
+        }
+    }
+}
+
+/// Who a stage instance is, for its log lines and artifact reads.
+#[derive(Debug)]
+pub struct StageIdentity {
+    pub kind: StageKind,
+    pub component: String,
+    pub version: String,
+    /// The model artifacts the manifest pins for this stage, by name.
+    pub artifacts: BTreeMap<String, Arc<[u8]>>,
+}
+
+/// The state of one store: one stage instance serving one request.
+pub struct HostState {
+    stage: Arc<StageIdentity>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+}
+
+impl HostState {
+    /// State for a fresh instance of `stage`, allowed `memory_cap` bytes of linear memory.
+    pub fn new(stage: Arc<StageIdentity>, memory_cap: usize) -> HostState {
+        HostState {
+            stage,
+            // No preopened directories, no environment, no arguments, no network: a stage
+            // sees only what its WIT world passes it.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                cap: memory_cap,
+                exceeded: false,
+            },
+        }
+    }
+
+    /// Whether the instance tried to grow past its memory cap.
+    pub fn memory_cap_exceeded(&self) -> bool {
+        self.limiter.exceeded
+    }
+}
+
+/// A store for one stage instance, with the memory cap and epoch deadline applied.
+pub fn new_store(
+    engine: &wasmtime::Engine,
+    state: HostState,
+    deadline_ticks: u64,
+) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(deadline_ticks);
+    store
+}
+
+/// The imports a component in `kind`'s slot may use: WASI with no capabilities granted, the
+/// `log` interface, and for model stages the `artifacts` interface. Anything else fails the
+/// type check when the stage is loaded, with an error naming the import.
+pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    weir::pipeline::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    if kind == StageKind::Model {
+        weir::pipeline::artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    }
+    Ok(linker)
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl weir::pipeline::types::Host for HostState {}
+
+impl weir::pipeline::log::Host for HostState {
+    fn log(&mut self, level: weir::pipeline::log::Level, message: String) {
+        use weir::pipeline::log::Level;
+        let stage = &self.stage;
+        let (kind, component, version) = (stage.kind.name(), &stage.component, &stage.version);
+        match level {
+            Level::Trace => tracing::trace!(stage = kind, component, version, "{message}"),
+            Level::Debug => tracing::debug!(stage = kind, component, version, "{message}"),
+            Level::Info => tracing::info!(stage = kind, component, version, "{message}"),
+            Level::Warn => tracing::warn!(stage = kind, component, version, "{message}"),
+            Level::Error => tracing::error!(stage = kind, component, version, "{message}"),
+        }
+    }
+}
+
+impl weir::pipeline::artifacts::Host for HostState {
+    fn read(&mut self, name: String) -> Option<Vec<u8>> {
+        self.stage.artifacts.get(&name).map(|bytes| bytes.to_vec())
+    }
+}
+
+/// Caps an instance's linear memory, remembering that the cap was hit so the error can say so.
+struct MemoryCap {
+    cap: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.exceeded = true;
+            wasmtime::bail!(
+                "memory cap of {} MiB exceeded (the stage asked for {} MiB)",
+                self.cap >> 20,
+                desired.div_ceil(1 << 20)
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+impl From<tensor::Datatype> for wit::Datatype {
+    fn from(d: tensor::Datatype) -> Self {
+        use tensor::Datatype as D;
+        match d {
+            D::Bool => wit::Datatype::Bool,
+            D::Uint8 => wit::Datatype::Uint8,
+            D::Uint16 => wit::Datatype::Uint16,
+            D::Uint32 => wit::Datatype::Uint32,
+            D::Uint64 => wit::Datatype::Uint64,
+            D::Int8 => wit::Datatype::Int8,
+            D::Int16 => wit::Datatype::Int16,
+            D::Int32 => wit::Datatype::Int32,
+            D::Int64 => wit::Datatype::Int64,
+            D::Fp16 => wit::Datatype::Fp16,
+            D::Fp32 => wit::Datatype::Fp32,
+            D::Fp64 => wit::Datatype::Fp64,
+            D::Bf16 => wit::Datatype::Bf16,
+            D::Bytes => wit::Datatype::Bytes,
+        }
+    }
+}
+
+impl From<wit::Datatype> for tensor::Datatype {
+    fn from(d: wit::Datatype) -> Self {
+        use tensor::Datatype as D;
+        match d {
+            wit::Datatype::Bool => D::Bool,
+            wit::Datatype::Uint8 => D::Uint8,
+            wit::Datatype::Uint16 => D::Uint16,
+            wit::Datatype::Uint32 => D::Uint32,
+            wit::Datatype::Uint64 => D::Uint64,
+            wit::Datatype::Int8 => D::Int8,
+            wit::Datatype::Int16 => D::Int16,
+            wit::Datatype::Int32 => D::Int32,
+            wit::Datatype::Int64 => D::Int64,
+            wit::Datatype::Fp16 => D::Fp16,
+            wit::Datatype::Fp32 => D::Fp32,
+            wit::Datatype::Fp64 => D::Fp64,
+            wit::Datatype::Bf16 => D::Bf16,
+            wit::Datatype::Bytes => D::Bytes,
+        }
+    }
+}
+
+impl From<tensor::Batch> for wit::Batch {
+    fn from(b: tensor::Batch) -> Self {
+        wit::Batch {
+            tensors: b
+                .tensors
+                .into_iter()
+                .map(|t| wit::Tensor {
+                    name: t.name,
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                    data: t.data,
+                })
+                .collect(),
+            parameters: b.parameters,
+        }
+    }
+}
+
+impl From<wit::Batch> for tensor::Batch {
+    fn from(b: wit::Batch) -> Self {
+        tensor::Batch {
+            tensors: b
+                .tensors
+                .into_iter()
+                .map(|t| tensor::Tensor {
+                    name: t.name,
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                    data: t.data,
+                })
+                .collect(),
+            parameters: b.parameters,
+        }
+    }
+}

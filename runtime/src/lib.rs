@@ -1,0 +1,23 @@
+//! Weir: serve machine-learning pipelines of sandboxed WebAssembly components over the Open
+//! Inference Protocol (KServe V2).
+//!
+//! A request flows one way: [`http`] decodes it with [`protocol`] into a [`tensor::Batch`],
+//! the [`pipeline`] runs the built-in [`stages`] and its Wasm stages on it (each in a fresh
+//! instance from the [`engine`]), and [`protocol`] encodes the result.
+
+pub mod bundled;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod pipeline;
+pub mod protocol;
+pub mod stages;
+pub mod tensor;
+
+use sha2::{Digest, Sha256};
+
+/// The content address of a blob: `sha256-` and the hex digest (a valid file name).
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256-{}", hex::encode(Sha256::digest(bytes)))
+}

@@ -1,0 +1,136 @@
+//! One Wasm stage of a pipeline: a component compiled and type-checked once at load, run in a
+//! fresh, bounded instance for every request.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use wasmtime::Trap;
+
+use crate::engine::host::{HostState, Model, ModelPre, StageIdentity, StageKind, new_store, wit};
+use crate::engine::{EPOCH_TICK, Engine};
+use crate::error::Error;
+use crate::pipeline::manifest::Limits;
+use crate::tensor::Batch;
+
+/// A loaded stage, ready to serve.
+pub struct Stage {
+    identity: Arc<StageIdentity>,
+    digest: String,
+    pre: ModelPre<HostState>,
+    /// The manifest's config for this stage, as the JSON text handed to every call.
+    config: String,
+    memory_cap: usize,
+    deadline_ticks: u64,
+    timeout_ms: u64,
+}
+
+impl Stage {
+    /// Compile (or load from cache) and type-check `source` for `identity.kind`'s slot. Fails
+    /// with the import or export at fault when the component does not fit the slot's world.
+    pub fn load(
+        engine: &Engine,
+        identity: StageIdentity,
+        wasm: &[u8],
+        config: &toml::Table,
+        limits: &Limits,
+    ) -> anyhow::Result<Stage> {
+        let digest = crate::digest(wasm);
+        let kind = identity.kind;
+        let component = engine.compile(&digest, wasm)?;
+        let linker = crate::engine::host::linker(engine.wasmtime(), kind)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "{} does not fit the {} stage (WIT world `{}`)",
+                    identity.component,
+                    kind.name(),
+                    kind.world()
+                )
+            })?;
+        let pre = ModelPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{} does not export weir:pipeline/stage", identity.component)
+            })?;
+        let tick_ms = EPOCH_TICK.as_millis() as u64;
+        Ok(Stage {
+            identity: Arc::new(identity),
+            digest,
+            pre,
+            config: serde_json::to_string(config)?,
+            memory_cap: usize::try_from(limits.memory_mib << 20)?,
+            deadline_ticks: limits.stage_timeout_ms.div_ceil(tick_ms),
+            timeout_ms: limits.stage_timeout_ms,
+        })
+    }
+
+    /// Which slot this stage fills.
+    pub fn kind(&self) -> StageKind {
+        self.identity.kind
+    }
+
+    /// `name@version` of the component.
+    pub fn component(&self) -> String {
+        format!("{}@{}", self.identity.component, self.identity.version)
+    }
+
+    /// The sha256 digest of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Run the stage on `batch` in a fresh instance, which is dropped afterwards whatever
+    /// happens: a trap or a timeout fails this request only.
+    pub fn run(&self, batch: Batch) -> Result<Batch, Error> {
+        let state = HostState::new(self.identity.clone(), self.memory_cap);
+        let mut store = new_store(self.pre.engine(), state, self.deadline_ticks);
+        let input = wit::Batch::from(batch);
+        let outcome = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance: Model| {
+                instance
+                    .weir_pipeline_stage()
+                    .call_process(&mut store, &self.config, &input)
+            });
+        match outcome {
+            Ok(Ok(output)) => Ok(Batch::from(output)),
+            Ok(Err(wit::StageError::InvalidInput(msg))) => Err(Error::InvalidInput(format!(
+                "{} rejected the input: {msg}",
+                self.describe()
+            ))),
+            Ok(Err(wit::StageError::Failure(msg))) => Err(Error::StageFailed(format!(
+                "{} failed: {msg}",
+                self.describe()
+            ))),
+            Err(e) => Err(self.trap_error(e, store.data().memory_cap_exceeded())),
+        }
+    }
+
+    /// Classify a trap: deadline (504), memory cap or anything else (500).
+    fn trap_error(&self, error: wasmtime::Error, memory_exceeded: bool) -> Error {
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return Error::StageTimeout(format!(
+                "{} exceeded its deadline of {} ms",
+                self.describe(),
+                self.timeout_ms
+            ));
+        }
+        if memory_exceeded {
+            return Error::StageFailed(format!(
+                "{} exceeded its memory cap of {} MiB",
+                self.describe(),
+                self.memory_cap >> 20
+            ));
+        }
+        let error = anyhow::Error::from(error);
+        Error::StageFailed(format!("{} trapped: {error:#}", self.describe()))
+    }
+
+    /// "stage 'model' (logistic-regression@0.1.0)", for error messages.
+    fn describe(&self) -> String {
+        format!("stage '{}' ({})", self.kind().name(), self.component())
+    }
+}

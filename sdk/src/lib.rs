@@ -1,0 +1,139 @@
+//! Write a [Weir](https://github.com/weir-ml/weir) pipeline stage as one Rust function.
+//!
+//! A stage is a WebAssembly component that receives a [`Batch`] of named tensors and returns
+//! the batch for the next stage. This crate hides the component plumbing: you implement
+//! [`Stage`] over typed tensor views and call [`export_stage!`] once. Build with
+//! `cargo build --target wasm32-wasip2` and the output `.wasm` file is the component.
+//!
+//! ```no_run
+//! use weir_sdk::{Batch, Stage, StageError, Tensor};
+//!
+//! /// Multiplies every value of the `x` tensor by a factor from the manifest.
+//! struct Scale;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config {
+//!     factor: f64,
+//! }
+//!
+//! impl Stage for Scale {
+//!     type Config = Config;
+//!
+//!     fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
+//!         let x = batch.take("x")?;
+//!         let scaled: Vec<f64> = x.to_f64()?.iter().map(|v| v * config.factor).collect();
+//!         batch.push(Tensor::new("x", x.shape().to_vec(), &scaled));
+//!         Ok(batch)
+//!     }
+//! }
+//!
+//! weir_sdk::export_stage!(Scale);
+//! ```
+//!
+//! Configuration comes from the stage's `config` table in the pipeline manifest, decoded into
+//! `Stage::Config` with serde; a stage that needs none uses `serde::de::IgnoredAny`. Model
+//! weights are read with [`artifact`], and log lines sent with the functions in [`log`].
+
+mod batch;
+mod tensor;
+
+pub use batch::Batch;
+pub use tensor::{Datatype, Element, Tensor};
+
+/// Bindings generated from the `weir:pipeline` WIT package. Used by [`export_stage!`]; a stage
+/// author should not need them.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "model",
+        pub_export_macro: true,
+        export_macro_name: "export_bindings",
+        default_bindings_module: "weir_sdk::bindings",
+    });
+}
+
+/// Why a stage produced no batch. The host answers `InvalidInput` with HTTP 400 (the client
+/// sent data this stage cannot use) and `Failure` with HTTP 500 (the stage or its config is wrong).
+pub use bindings::weir::pipeline::types::StageError;
+
+/// One stage of a pipeline: a pure function from a batch to a batch.
+///
+/// The host creates a fresh instance for every request, so `process` sees no state from
+/// earlier requests and may allocate freely: the whole instance is dropped afterwards.
+pub trait Stage {
+    /// The stage's configuration, decoded from the manifest's `config` table.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Turn the input batch into the batch for the next stage.
+    fn process(config: Self::Config, batch: Batch) -> Result<Batch, StageError>;
+}
+
+/// The bytes of the model artifact the pipeline manifest names `name` for this stage.
+///
+/// Only stages in the `model` world may read artifacts; a pre- or post-processor that calls
+/// this is refused when its pipeline is loaded.
+pub fn artifact(name: &str) -> Result<Vec<u8>, StageError> {
+    bindings::weir::pipeline::artifacts::read(name).ok_or_else(|| {
+        StageError::Failure(format!(
+            "the manifest gives this stage no artifact named '{name}'"
+        ))
+    })
+}
+
+/// Log lines that the host records with this stage's name and version attached.
+pub mod log {
+    use crate::bindings::weir::pipeline::log::{Level, log};
+
+    /// Log at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    /// Log at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    /// Log at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    /// Log at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Decode the config and run the stage; what the exported `process` function does.
+#[doc(hidden)]
+pub fn run<S: Stage>(
+    config: String,
+    batch: bindings::weir::pipeline::types::Batch,
+) -> Result<bindings::weir::pipeline::types::Batch, StageError> {
+    let config: S::Config = serde_json::from_str(&config)
+        .map_err(|e| StageError::Failure(format!("invalid stage config: {e}")))?;
+    S::process(config, Batch::from(batch)).map(Into::into)
+}
+
+/// Export a type that implements [`Stage`] as this component's `process` function.
+/// Call it once per component crate.
+#[macro_export]
+macro_rules! export_stage {
+    ($stage:ty) => {
+        #[doc(hidden)]
+        struct __WeirStageExport;
+
+        impl $crate::bindings::exports::weir::pipeline::stage::Guest for __WeirStageExport {
+            fn process(
+                config: ::std::string::String,
+                input: $crate::bindings::weir::pipeline::types::Batch,
+            ) -> ::std::result::Result<
+                $crate::bindings::weir::pipeline::types::Batch,
+                $crate::StageError,
+            > {
+                $crate::run::<$stage>(config, input)
+            }
+        }
+
+        $crate::bindings::export_bindings!(__WeirStageExport with_types_in $crate::bindings);
+    };
+}
