@@ -1,1 +1,8 @@
+//! End-to-end tests: real servers on loopback, real HTTP, real components.
+//! One binary with a module per area (as wasmtime's `tests/all`).
 
+mod cli;
+mod faults;
+mod iris;
+mod protocol;
+mod support;

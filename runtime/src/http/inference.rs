@@ -111,7 +111,11 @@ async fn infer(
         return Err(protocol::binary_extension_unsupported());
     }
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
-    let response = run(&pipeline, &body)?;
+    // Stages run on the blocking pool: a stage may run up to its deadline, and WASI's
+    // synchronous host calls (a guest writing to stderr) must not run on an async worker.
+    let response = tokio::task::spawn_blocking(move || run(&pipeline, &body))
+        .await
+        .map_err(|e| Error::StageFailed(format!("the request's worker failed: {e}")))??;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -120,7 +124,7 @@ async fn infer(
         .into_response())
 }
 
-/// Decode, run the pipeline, select the requested outputs and encode.
+/// Decode, run the pipeline, select the requested outputs and encode. Blocking.
 fn run(pipeline: &Pipeline, body: &[u8]) -> Result<Vec<u8>, Error> {
     let request = protocol::decode_request(body)?;
     let batch = pipeline.infer(request.batch)?;

@@ -134,9 +134,13 @@ impl Manifest {
     pub fn load(path: &Path) -> anyhow::Result<Manifest> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the manifest {}", path.display()))?;
-        let mut manifest: Manifest = toml::from_str(&text)
-            .with_context(|| format!("parsing the manifest {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        Manifest::parse(&text, base).with_context(|| format!("in the manifest {}", path.display()))
+    }
+
+    /// Parse and check manifest text whose relative paths are relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Manifest> {
+        let mut manifest: Manifest = toml::from_str(text)?;
         for stage in manifest.stages_mut() {
             if let Some(p) = &mut stage.path {
                 *p = base.join(&*p);
@@ -145,9 +149,7 @@ impl Manifest {
                 *p = base.join(&*p);
             }
         }
-        manifest
-            .check()
-            .with_context(|| format!("in {}", path.display()))?;
+        manifest.check()?;
         Ok(manifest)
     }
 

@@ -61,7 +61,9 @@ impl Stage {
             pre,
             config: serde_json::to_string(config)?,
             memory_cap: usize::try_from(limits.memory_mib << 20)?,
-            deadline_ticks: limits.stage_timeout_ms.div_ceil(tick_ms),
+            // One tick more than the timeout: the first tick may come at once, and a stage
+            // must get at least its full time.
+            deadline_ticks: limits.stage_timeout_ms.div_ceil(tick_ms) + 1,
             timeout_ms: limits.stage_timeout_ms,
         })
     }

@@ -1,0 +1,60 @@
+//! `faulty-stage`: a component for the runtime's tests. Its `mode` config picks the behaviour,
+//! so one component covers every way a stage can fail (and one way it can succeed).
+
+use serde::Deserialize;
+use weir_sdk::{Batch, Stage, StageError};
+
+struct FaultyStage;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    /// Return the input batch unchanged.
+    Echo,
+    /// Panic, which traps.
+    Panic,
+    /// Spin forever.
+    Loop,
+    /// Allocate until memory runs out.
+    Grow,
+    /// Report the input as invalid (the host answers 400).
+    InvalidInput,
+    /// Report a failure (the host answers 500).
+    Failure,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    mode: Mode,
+}
+
+impl Stage for FaultyStage {
+    type Config = Config;
+
+    fn process(config: Config, batch: Batch) -> Result<Batch, StageError> {
+        match config.mode {
+            Mode::Echo => Ok(batch),
+            Mode::Panic => panic!("faulty-stage panics as configured"),
+            Mode::Loop => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Mode::Grow => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            Mode::InvalidInput => Err(StageError::InvalidInput(
+                "faulty-stage refuses every input".into(),
+            )),
+            Mode::Failure => Err(StageError::Failure(
+                "faulty-stage fails as configured".into(),
+            )),
+        }
+    }
+}
+
+weir_sdk::export_stage!(FaultyStage);

@@ -1,0 +1,144 @@
+//! A stage that traps, loops, eats memory or refuses its input fails only its own request,
+//! with the status for its cause and a message naming the stage, component and version.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, engine, error_message, faulty, iris};
+use weir::pipeline::Pipeline;
+use weir::pipeline::manifest::Manifest;
+
+fn request() -> Value {
+    json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2] }] })
+}
+
+fn iris_still_serves(server: &TestServer) {
+    let (status, body) = server.post_json("/v2/models/iris/infer", &request());
+    assert_eq!(status, 200, "iris after a fault: {body}");
+    assert_eq!(body["outputs"][0]["data"], json!(["setosa"]));
+}
+
+/// (mode, status, fragments of the message)
+const FAULTS: &[(&str, u16, &[&str])] = &[
+    (
+        "panic",
+        500,
+        &["stage 'model' (faulty-stage@0.1.0) trapped", "unreachable"],
+    ),
+    (
+        "grow",
+        500,
+        &["stage 'model' (faulty-stage@0.1.0) exceeded its memory cap of 16 MiB"],
+    ),
+    (
+        "invalid-input",
+        400,
+        &[
+            "stage 'model' (faulty-stage@0.1.0) rejected the input: faulty-stage refuses every input",
+        ],
+    ),
+    (
+        "failure",
+        500,
+        &["stage 'model' (faulty-stage@0.1.0) failed: faulty-stage fails as configured"],
+    ),
+];
+
+#[test]
+fn each_fault_gets_its_status_and_the_server_keeps_serving() {
+    let mut manifests = vec![iris()];
+    for (mode, _, _) in FAULTS {
+        manifests.push(faulty(mode, mode, "[limits]\nmemory_mib = 16"));
+    }
+    let server = TestServer::start(&manifests);
+    for (mode, want_status, fragments) in FAULTS {
+        for _ in 0..3 {
+            let (status, body) = server.post_json(&format!("/v2/models/{mode}/infer"), &request());
+            assert_eq!(status, *want_status, "{mode}: {body}");
+            let message = error_message(&body);
+            for fragment in *fragments {
+                assert!(
+                    message.contains(fragment),
+                    "{mode}: '{message}' lacks '{fragment}'"
+                );
+            }
+            iris_still_serves(&server);
+        }
+    }
+}
+
+#[test]
+fn an_endless_loop_is_cut_at_the_deadline_while_others_are_served() {
+    let server = TestServer::start(&[
+        iris(),
+        faulty("loop", "loop", "[limits]\nstage_timeout_ms = 300"),
+    ]);
+    std::thread::scope(|scope| {
+        let looping = scope.spawn(|| {
+            let started = Instant::now();
+            let (status, body) = server.post_json("/v2/models/loop/infer", &request());
+            (status, body, started.elapsed())
+        });
+        // Meanwhile the other pipeline answers.
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        iris_still_serves(&server);
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "iris waited on the loop"
+        );
+        let (status, body, elapsed) = looping.join().unwrap();
+        assert_eq!(status, 504, "{body}");
+        assert!(
+            error_message(&body)
+                .contains("stage 'model' (faulty-stage@0.1.0) exceeded its deadline of 300 ms"),
+            "{body}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(300),
+            "cut early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "cut late: {elapsed:?}"
+        );
+    });
+    iris_still_serves(&server);
+}
+
+fn load_error(text: &str) -> String {
+    let base = std::path::Path::new(env!("WEIR_TEST_COMPONENTS"));
+    let manifest = Manifest::parse(text, base).unwrap();
+    match Pipeline::load(engine(), &manifest, "1") {
+        Ok(_) => panic!("pipeline loaded"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn a_component_importing_outside_its_world_is_refused_naming_the_import() {
+    // logistic-regression reads artifacts, which only the model world offers.
+    let message = load_error(
+        "name = \"p\"\n[preprocess]\ncomponent = \"logistic-regression@0.1.0\"\n\
+         [model]\ncomponent = \"faulty-stage@0.1.0\"\npath = \"faulty_stage.wasm\"\nconfig = { mode = \"echo\" }\n",
+    );
+    assert!(message.contains("stage 'preprocess'"), "{message}");
+    assert!(message.contains("weir:pipeline/artifacts"), "{message}");
+}
+
+#[test]
+fn unknown_components_and_non_components_are_refused_at_load() {
+    let message = load_error("name = \"p\"\n[model]\ncomponent = \"no-such@1.0.0\"\n");
+    assert!(
+        message.contains("no bundled component no-such@1.0.0"),
+        "{message}"
+    );
+    assert!(message.contains("standard-scaler@0.1.0"), "{message}");
+    let message = load_error(
+        "name = \"p\"\n[model]\ncomponent = \"x@1.0.0\"\npath = \"../../../../Cargo.toml\"\n",
+    );
+    assert!(message.contains("compiling the component"), "{message}");
+    let message = load_error("name = \"p\"\n[model]\ncomponent = \"scaler\"\n");
+    assert!(message.contains("name@version"), "{message}");
+}

@@ -1,0 +1,326 @@
+//! The V2 REST protocol: routes, request forms, datatypes, and the error for each bad request.
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, error_message, faulty, iris};
+
+fn servers() -> TestServer {
+    TestServer::start(&[iris(), faulty("echo", "echo", "")])
+}
+
+fn one_row(datatype: &str, data: Value) -> Value {
+    json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": datatype, "data": data }] })
+}
+
+#[test]
+fn server_routes_answer_json_with_status_as_truth() {
+    let server = servers();
+    let (status, body) = server.get("/v2");
+    assert_eq!(status, 200);
+    assert_eq!(body["name"], "weir");
+    assert!(body["version"].is_string() && body["extensions"].is_array());
+    assert_eq!(
+        server.get("/v2/health/live"),
+        (200, json!({ "live": true }))
+    );
+    assert_eq!(
+        server.get("/v2/health/ready"),
+        (200, json!({ "ready": true }))
+    );
+}
+
+#[test]
+fn model_metadata_and_readiness_on_both_route_forms() {
+    let server = servers();
+    for path in ["/v2/models/iris", "/v2/models/iris/versions/1"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["name"], "iris");
+        assert_eq!(body["versions"], json!(["1"]));
+        assert_eq!(
+            body["inputs"],
+            json!([{ "name": "features", "datatype": "FP32", "shape": [-1, 4] }])
+        );
+        assert_eq!(
+            body["outputs"][0],
+            json!({ "name": "label", "datatype": "BYTES", "shape": [-1] })
+        );
+        assert_eq!(body["outputs"][1]["name"], "probabilities");
+        let (status, body) = server.get(&format!("{path}/ready"));
+        assert_eq!(
+            (status, body),
+            (200, json!({ "name": "iris", "ready": true }))
+        );
+    }
+}
+
+#[test]
+fn unknown_model_version_and_route_are_404_naming_them() {
+    let server = servers();
+    let (status, body) = server.get("/v2/models/nope");
+    assert_eq!(status, 404);
+    assert!(error_message(&body).contains("'nope'"), "{body}");
+    let (status, body) = server.post_json(
+        "/v2/models/iris/versions/7/infer",
+        &one_row("FP32", json!([1, 2, 3, 4])),
+    );
+    assert_eq!(status, 404);
+    assert!(error_message(&body).contains("'7'"), "{body}");
+    let (status, body) = server.get("/v2/models/iris/versions/7/ready");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server.get("/v3/whatever");
+    assert_eq!(status, 404);
+    assert!(error_message(&body).contains("/v3/whatever"));
+    let (status, body) = server.get("/v2/models/iris/infer");
+    assert_eq!(status, 405, "{body}");
+}
+
+#[test]
+fn infer_echoes_id_names_model_and_version_and_honours_outputs() {
+    let server = servers();
+    let mut request = one_row("FP32", json!([5.1, 3.5, 1.4, 0.2]));
+    request["id"] = json!("req-42");
+    request["outputs"] = json!([{ "name": "label" }]);
+    for path in ["/v2/models/iris/infer", "/v2/models/iris/versions/1/infer"] {
+        let (status, body) = server.post_json(path, &request);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["id"], "req-42");
+        assert_eq!(body["model_name"], "iris");
+        assert_eq!(body["model_version"], "1");
+        assert_eq!(
+            body["outputs"],
+            json!([{ "name": "label", "datatype": "BYTES", "shape": [1], "data": ["setosa"] }])
+        );
+    }
+    request["outputs"] = json!([{ "name": "probabilities" }, { "name": "label" }]);
+    let (_, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(body["outputs"][0]["name"], "probabilities");
+    assert_eq!(body["outputs"][1]["name"], "label");
+    request["outputs"] = json!([{ "name": "score" }]);
+    let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(status, 400);
+    assert!(
+        error_message(&body).contains("unknown output 'score'"),
+        "{body}"
+    );
+}
+
+#[test]
+fn flat_and_nested_data_are_the_same_request() {
+    let server = servers();
+    let flat = json!({ "inputs": [{ "name": "features", "shape": [2, 4], "datatype": "FP64",
+        "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3] }] });
+    let nested = json!({ "inputs": [{ "name": "features", "shape": [2, 4], "datatype": "FP64",
+        "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]] }] });
+    let (s1, b1) = server.post_json("/v2/models/iris/infer", &flat);
+    let (s2, b2) = server.post_json("/v2/models/iris/infer", &nested);
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(b1["outputs"], b2["outputs"]);
+    assert_eq!(b1["outputs"][0]["data"], json!(["setosa", "virginica"]));
+}
+
+/// Each bad request, the status it must get, and a fragment the message must contain.
+const BAD_REQUESTS: &[(&str, u16, &str)] = &[
+    ("{not json", 400, "invalid inference request JSON"),
+    (
+        r#"{"inputs": "features"}"#,
+        400,
+        "invalid inference request JSON",
+    ),
+    (r#"{"id": "x"}"#, 400, "missing field `inputs`"),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,3]}]}"#,
+        400,
+        "needs 4 elements, data has 3",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#,
+        400,
+        "does not match shape",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,[4]]]}]}"#,
+        400,
+        "does not match shape",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[-1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+        400,
+        "negative dimension",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1099511627776,1099511627776],"datatype":"FP32","data":[1]}]}"#,
+        400,
+        "too many elements",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP99","data":[1,2,3,4]}]}"#,
+        400,
+        "unknown datatype 'FP99'",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP16","data":[1,2,3,4]}]}"#,
+        400,
+        "binary tensor extension",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,"3",4]}]}"#,
+        400,
+        "element 2 is a string",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,true,4]}]}"#,
+        400,
+        "element 2 is a boolean",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,1e300,4]}]}"#,
+        400,
+        "out of range for FP32",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,3,NaN]}]}"#,
+        400,
+        "invalid inference request JSON",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":5}]}"#,
+        400,
+        "data must be an array",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]},{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+        400,
+        "more than once",
+    ),
+    (
+        r#"{"inputs":[{"name":"petal_len","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+        400,
+        "unknown input 'petal_len' (expected: features); missing input 'features'",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[4],"datatype":"INT32","data":[1,2,3,4]}]}"#,
+        400,
+        "datatype INT32, expected FP32 or FP64; input 'features' has shape [4]",
+    ),
+];
+
+#[test]
+fn every_bad_request_gets_its_status_and_a_message_naming_the_cause() {
+    let server = servers();
+    for (body, want_status, fragment) in BAD_REQUESTS {
+        let (status, response) = server.post("/v2/models/iris/infer", *body);
+        assert_eq!(status, *want_status, "{body} -> {response}");
+        let message = error_message(&response);
+        assert!(
+            message.contains(fragment),
+            "{body}: '{message}' lacks '{fragment}'"
+        );
+    }
+    let (status, _) = server.post_json(
+        "/v2/models/iris/infer",
+        &one_row("FP32", json!([5.1, 3.5, 1.4, 0.2])),
+    );
+    assert_eq!(
+        status, 200,
+        "the server still serves after every bad request"
+    );
+}
+
+#[test]
+fn binary_tensor_requests_are_501_with_a_way_out() {
+    let server = servers();
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/v2/models/iris/infer", server.base))
+        .header("Inference-Header-Content-Length", "10")
+        .body("{\"inputs\":[]}xxxx")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 501);
+    assert!(response.text().unwrap().contains("binary_data=False"));
+}
+
+#[test]
+fn bodies_over_the_limit_are_413() {
+    let server = TestServer::with_body_limit(&[iris()], 1024);
+    let data: Vec<f64> = vec![1.0; 4 * 100];
+    let request = json!({ "inputs": [{ "name": "features", "shape": [100, 4], "datatype": "FP64", "data": data }] });
+    let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(status, 413);
+    assert!(error_message(&body).contains("1024 bytes"), "{body}");
+}
+
+/// Every JSON-representable datatype, with values at its edges, survives decode → component
+/// → encode unchanged.
+#[test]
+fn every_json_datatype_round_trips_through_a_component() {
+    let server = servers();
+    let cases = [
+        ("BOOL", json!([true, false, true])),
+        ("UINT8", json!([0, 1, 255])),
+        ("UINT16", json!([0, 1, 65535])),
+        ("UINT32", json!([0, 1, 4294967295u64])),
+        ("UINT64", json!([0, 1, u64::MAX])),
+        ("INT8", json!([-128, 0, 127])),
+        ("INT16", json!([-32768, 0, 32767])),
+        ("INT32", json!([-2147483648i64, 0, 2147483647])),
+        ("INT64", json!([i64::MIN, 0, i64::MAX])),
+        ("FP32", json!([-1.5, 0.0, 3.25])),
+        ("FP64", json!([-1e300, 0.1, 2.5e-300])),
+        ("BYTES", json!(["", "iris setosa", "ünïcødé ✓"])),
+    ];
+    let inputs: Vec<Value> = cases
+        .iter()
+        .map(|(dt, data)| json!({ "name": format!("x_{dt}"), "shape": [3], "datatype": dt, "data": data }))
+        .collect();
+    let (status, body) = server.post_json("/v2/models/echo/infer", &json!({ "inputs": inputs }));
+    assert_eq!(status, 200, "{body}");
+    let outputs = body["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), cases.len());
+    for ((dt, data), output) in cases.iter().zip(outputs) {
+        assert_eq!(output["name"], format!("x_{dt}"));
+        assert_eq!(output["datatype"], *dt);
+        assert_eq!(output["shape"], json!([3]));
+        assert_eq!(&output["data"], data, "{dt}");
+    }
+}
+
+#[test]
+fn integers_refuse_fractions_and_out_of_range_values_naming_the_index() {
+    let server = servers();
+    let cases = [
+        (
+            "INT32",
+            json!([1, 2.5]),
+            "element 1 is a number (2.5), expected an integer",
+        ),
+        ("UINT8", json!([1, 256]), "element 1 (256) is out of range"),
+        ("UINT64", json!([-1]), "element 0 (-1) is out of range"),
+        ("INT8", json!(["1"]), "element 0 is a string"),
+        ("BOOL", json!([1]), "expected true or false"),
+        ("BYTES", json!([1]), "expected a string"),
+    ];
+    for (dt, data, fragment) in cases {
+        let n = data.as_array().unwrap().len();
+        let request =
+            json!({ "inputs": [{ "name": "x", "shape": [n], "datatype": dt, "data": data }] });
+        let (status, body) = server.post_json("/v2/models/echo/infer", &request);
+        assert_eq!(status, 400, "{dt}: {body}");
+        let message = error_message(&body);
+        assert!(
+            message.contains("input 'x'") && message.contains(fragment),
+            "{dt}: {message}"
+        );
+    }
+}
+
+#[test]
+fn request_parameters_reach_the_stages_and_unknown_ones_are_harmless() {
+    let server = servers();
+    let mut request = one_row("FP32", json!([5.1, 3.5, 1.4, 0.2]));
+    request["parameters"] =
+        json!({ "binary_data_output": false, "content_type": "np", "priority": 3 });
+    request["inputs"][0]["parameters"] = json!({ "content_type": "np" });
+    let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(status, 200, "{body}");
+}

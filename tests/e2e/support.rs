@@ -1,0 +1,149 @@
+//! A server per test, in-process on 127.0.0.1 with an ephemeral port, sharing one engine whose
+//! compile cache lives in the target directory so components compile once per build.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use weir::engine::Engine;
+use weir::http::{self, AppState};
+use weir::pipeline::manifest::Manifest;
+use weir::pipeline::{Pipeline, Registry};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The engine all in-process test servers share.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled");
+        Engine::new(Some(cache)).expect("engine")
+    })
+}
+
+/// The iris example's manifest.
+pub fn iris() -> Manifest {
+    Manifest::load(&repo_root().join("examples/iris/pipeline.toml")).expect("iris manifest")
+}
+
+/// A pipeline named `name` whose model stage is the faulty test component in `mode`, with
+/// extra manifest text (e.g. a `[limits]` table).
+pub fn faulty(name: &str, mode: &str, extra: &str) -> Manifest {
+    let text = format!(
+        "name = \"{name}\"\n{extra}\n[model]\ncomponent = \"faulty-stage@0.1.0\"\n\
+         path = \"faulty_stage.wasm\"\nconfig = {{ mode = \"{mode}\" }}\n"
+    );
+    Manifest::parse(&text, Path::new(env!("WEIR_TEST_COMPONENTS"))).expect("faulty manifest")
+}
+
+/// A running in-process server, stopped when dropped.
+pub struct TestServer {
+    pub base: String,
+    client: reqwest::blocking::Client,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Serve `manifests` with the default body limit.
+    pub fn start(manifests: &[Manifest]) -> TestServer {
+        TestServer::with_body_limit(manifests, 64 << 20)
+    }
+
+    /// Serve `manifests`, refusing bodies over `max_body_bytes`.
+    pub fn with_body_limit(manifests: &[Manifest], max_body_bytes: usize) -> TestServer {
+        let mut registry = Registry::default();
+        for manifest in manifests {
+            let pipeline = Pipeline::load(engine(), manifest, "1").expect("pipeline loads");
+            registry.insert(pipeline).unwrap();
+        }
+        let state = AppState {
+            registry: Arc::new(registry),
+            max_body_bytes,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = thread::spawn(move || {
+            runtime
+                .block_on(http::serve(listener, state, async {
+                    let _ = stopped.await;
+                }))
+                .unwrap();
+        });
+        TestServer {
+            base,
+            client: reqwest::blocking::Client::new(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// GET `path`; the status and the JSON body.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .unwrap();
+        status_and_json(response)
+    }
+
+    /// POST `body` (sent as is, JSON or not) to `path`; the status and the JSON body.
+    pub fn post(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        status_and_json(response)
+    }
+
+    /// POST a JSON value to `path`.
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post(path, body.to_string())
+    }
+}
+
+fn status_and_json(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().unwrap();
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("response is not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// The `error` message of an error response.
+pub fn error_message(body: &Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {body}"))
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
