@@ -1,1 +1,169 @@
-fn main() {}
+//! One in-process execution of the iris pipeline (decode → validate → three Wasm stages →
+//! encode) against the same computation written in plain Rust, in the same run.
+//!
+//! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
+
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weir::engine::Engine;
+use weir::http::inference::infer;
+use weir::pipeline::Pipeline;
+use weir::pipeline::manifest::Manifest;
+
+const REQUEST: &str = r#"{"id":"bench","inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
+
+fn iris_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/iris")
+}
+
+/// The iris model as plain Rust: the baseline.
+struct PlainIris {
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    coef: Vec<Vec<f64>>,
+    intercept: Vec<f64>,
+    labels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    id: Option<String>,
+    inputs: Vec<Input>,
+}
+
+#[derive(Deserialize)]
+struct Input {
+    shape: Vec<usize>,
+    data: Vec<f64>,
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    id: Option<String>,
+    outputs: (Output<&'a str>, Output<f32>),
+}
+
+#[derive(Serialize)]
+struct Output<T> {
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<usize>,
+    data: Vec<T>,
+}
+
+impl PlainIris {
+    fn load() -> PlainIris {
+        let manifest: toml::Table =
+            toml::from_str(&std::fs::read_to_string(iris_dir().join("pipeline.toml")).unwrap())
+                .unwrap();
+        let weights: Value = serde_json::from_slice(
+            &std::fs::read(iris_dir().join("logistic_regression.json")).unwrap(),
+        )
+        .unwrap();
+        let floats = |v: &toml::Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_float().unwrap())
+                .collect()
+        };
+        PlainIris {
+            mean: floats(&manifest["preprocess"]["config"]["mean"]),
+            scale: floats(&manifest["preprocess"]["config"]["scale"]),
+            coef: serde_json::from_value(weights["coef"].clone()).unwrap(),
+            intercept: serde_json::from_value(weights["intercept"].clone()).unwrap(),
+            labels: manifest["postprocess"]["config"]["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_owned())
+                .collect(),
+        }
+    }
+
+    fn infer_json(&self, body: &[u8]) -> Vec<u8> {
+        let request: Request = serde_json::from_slice(body).unwrap();
+        let input = &request.inputs[0];
+        let (rows, cols) = (input.shape[0], input.shape[1]);
+        let mut labels = Vec::with_capacity(rows);
+        let mut probabilities = Vec::with_capacity(rows * self.intercept.len());
+        for row in input.data.chunks_exact(cols) {
+            let x: Vec<f64> = row
+                .iter()
+                .zip(&self.mean)
+                .zip(&self.scale)
+                .map(|((v, m), s)| (v - m) / s)
+                .collect();
+            let scores: Vec<f64> = self
+                .coef
+                .iter()
+                .zip(&self.intercept)
+                .map(|(w, b)| w.iter().zip(&x).map(|(w, x)| w * x).sum::<f64>() + b)
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            let mut best = 0;
+            for (i, e) in exps.iter().enumerate() {
+                probabilities.push((e / total) as f32);
+                if *e > exps[best] {
+                    best = i;
+                }
+            }
+            labels.push(self.labels[best].as_str());
+        }
+        let classes = self.intercept.len();
+        serde_json::to_vec(&Response {
+            model_name: "iris",
+            model_version: "1",
+            id: request.id,
+            outputs: (
+                Output {
+                    name: "label",
+                    datatype: "BYTES",
+                    shape: vec![rows],
+                    data: labels,
+                },
+                Output {
+                    name: "probabilities",
+                    datatype: "FP32",
+                    shape: vec![rows, classes],
+                    data: probabilities,
+                },
+            ),
+        })
+        .unwrap()
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = Engine::new(None).unwrap();
+    let manifest = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
+    let pipeline = Pipeline::load(&engine, &manifest, "1").unwrap();
+    let plain = PlainIris::load();
+
+    let weir_out: Value =
+        serde_json::from_slice(&infer(&pipeline, REQUEST.as_bytes(), None).unwrap().body).unwrap();
+    let plain_out: Value = serde_json::from_slice(&plain.infer_json(REQUEST.as_bytes())).unwrap();
+    assert_eq!(
+        weir_out["outputs"][0], plain_out["outputs"][0],
+        "the baseline computes the same answer"
+    );
+
+    let mut group = c.benchmark_group("iris_one_row");
+    group.bench_function("plain_rust", |b| {
+        b.iter(|| plain.infer_json(REQUEST.as_bytes()))
+    });
+    group.bench_function("weir_pipeline", |b| {
+        b.iter(|| infer(&pipeline, REQUEST.as_bytes(), None).unwrap().body)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

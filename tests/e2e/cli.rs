@@ -148,17 +148,23 @@ fn tritonclient_gets_the_same_predictions_as_plain_http() {
         "client.py: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let triton: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(triton["model_version"], "1");
-    assert_eq!(triton["label"], plain["outputs"][0]["data"]);
-    assert_eq!(
-        triton["label"],
-        json!(["setosa", "versicolor", "virginica"])
-    );
-    let want = plain["outputs"][1]["data"].as_array().unwrap();
-    let got = triton["probabilities"].as_array().unwrap();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(want) {
-        assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-6);
+    let answers: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for form in ["binary", "json"] {
+        let triton = &answers[form];
+        assert_eq!(triton["model_version"], "1", "{form}");
+        assert_eq!(triton["label"], plain["outputs"][0]["data"], "{form}");
+        assert_eq!(
+            triton["label"],
+            json!(["setosa", "versicolor", "virginica"])
+        );
+        let want = plain["outputs"][1]["data"].as_array().unwrap();
+        let got = triton["probabilities"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{form}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-6,
+                "{form}"
+            );
+        }
     }
 }

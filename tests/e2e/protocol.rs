@@ -161,7 +161,12 @@ const BAD_REQUESTS: &[(&str, u16, &str)] = &[
     (
         r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP16","data":[1,2,3,4]}]}"#,
         400,
-        "binary tensor extension",
+        "FP16 has no JSON form",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32"}]}"#,
+        400,
+        "input 'features': has no data",
     ),
     (
         r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,"3",4]}]}"#,
@@ -227,17 +232,161 @@ fn every_bad_request_gets_its_status_and_a_message_naming_the_cause() {
     );
 }
 
-#[test]
-fn binary_tensor_requests_are_501_with_a_way_out() {
-    let server = servers();
+/// POST a binary-extension body; the status, the JSON part and the binary part.
+fn post_binary(
+    server: &TestServer,
+    path: &str,
+    header: &Value,
+    binary: &[u8],
+) -> (u16, Value, Vec<u8>) {
+    let json_part = header.to_string();
+    let mut body = json_part.clone().into_bytes();
+    body.extend_from_slice(binary);
     let response = reqwest::blocking::Client::new()
-        .post(format!("{}/v2/models/iris/infer", server.base))
-        .header("Inference-Header-Content-Length", "10")
-        .body("{\"inputs\":[]}xxxx")
+        .post(format!("{}{path}", server.base))
+        .header(
+            "Inference-Header-Content-Length",
+            json_part.len().to_string(),
+        )
+        .body(body)
         .send()
         .unwrap();
-    assert_eq!(response.status().as_u16(), 501);
-    assert!(response.text().unwrap().contains("binary_data=False"));
+    let status = response.status().as_u16();
+    let length: Option<usize> = response
+        .headers()
+        .get("inference-header-content-length")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let bytes = response.bytes().unwrap().to_vec();
+    let split = length.unwrap_or(bytes.len());
+    (
+        status,
+        serde_json::from_slice(&bytes[..split]).unwrap(),
+        bytes[split..].to_vec(),
+    )
+}
+
+fn le_f32(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn binary_tensors_in_and_out_as_tritonclient_sends_them() {
+    let server = servers();
+    let header = json!({
+        "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32",
+                     "parameters": { "binary_data_size": 16 } }],
+        "outputs": [{ "name": "label", "parameters": { "binary_data": true } },
+                    { "name": "probabilities", "parameters": { "binary_data": false } }],
+    });
+    let (status, json_part, binary) = post_binary(
+        &server,
+        "/v2/models/iris/infer",
+        &header,
+        &le_f32(&[5.1, 3.5, 1.4, 0.2]),
+    );
+    assert_eq!(status, 200, "{json_part}");
+    let label = &json_part["outputs"][0];
+    assert_eq!(label["parameters"]["binary_data_size"], 10);
+    assert!(label.get("data").is_none());
+    assert_eq!(binary, b"\x06\0\0\0setosa");
+    assert_eq!(json_part["outputs"][1]["data"].as_array().unwrap().len(), 3);
+
+    // binary_data_output: every output in binary, in order.
+    let header = json!({
+        "parameters": { "binary_data_output": true },
+        "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32",
+                     "parameters": { "binary_data_size": 16 } }],
+    });
+    let (status, json_part, binary) = post_binary(
+        &server,
+        "/v2/models/iris/infer",
+        &header,
+        &le_f32(&[6.7, 3.0, 5.2, 2.3]),
+    );
+    assert_eq!(status, 200, "{json_part}");
+    assert_eq!(
+        json_part["outputs"][1]["parameters"]["binary_data_size"],
+        12
+    );
+    assert_eq!(binary.len(), 4 + 9 + 12);
+    assert_eq!(&binary[..13], b"\x09\0\0\0virginica");
+}
+
+#[test]
+fn fp16_and_bf16_travel_in_binary_form() {
+    let server = servers();
+    let raw = [0x00, 0x3c, 0x00, 0xc0, 0x80, 0x3f, 0x00, 0x40];
+    let header = json!({
+        "parameters": { "binary_data_output": true },
+        "inputs": [
+            { "name": "h", "shape": [2], "datatype": "FP16", "parameters": { "binary_data_size": 4 } },
+            { "name": "b", "shape": [2], "datatype": "BF16", "parameters": { "binary_data_size": 4 } },
+        ],
+    });
+    let (status, json_part, binary) = post_binary(&server, "/v2/models/echo/infer", &header, &raw);
+    assert_eq!(status, 200, "{json_part}");
+    assert_eq!(json_part["outputs"][0]["datatype"], "FP16");
+    assert_eq!(json_part["outputs"][1]["datatype"], "BF16");
+    assert_eq!(binary, raw);
+}
+
+#[test]
+fn malformed_binary_bodies_are_400_naming_the_problem() {
+    let server = servers();
+    let input = |size: u64| {
+        json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32",
+                                                  "parameters": { "binary_data_size": size } }] })
+    };
+    let four = le_f32(&[5.1, 3.5, 1.4, 0.2]);
+    let cases: [(Value, Vec<u8>, &str); 4] = [
+        (
+            input(12),
+            four[..12].to_vec(),
+            "4 FP32 elements take 16 bytes, binary_data_size is 12",
+        ),
+        (
+            input(16),
+            four[..8].to_vec(),
+            "only 8 bytes of binary data remain",
+        ),
+        (
+            input(16),
+            [four.clone(), vec![0; 3]].concat(),
+            "3 bytes of binary data follow",
+        ),
+        (
+            json!({ "inputs": [{ "name": "s", "shape": [2], "datatype": "BYTES",
+                              "parameters": { "binary_data_size": 9 } }] }),
+            b"\x01\0\0\0a\x09\0\0\0".to_vec(),
+            "truncated BYTES element",
+        ),
+    ];
+    for (header, binary, fragment) in cases {
+        let path = if header["inputs"][0]["name"] == "s" {
+            "/v2/models/echo/infer"
+        } else {
+            "/v2/models/iris/infer"
+        };
+        let (status, body, _) = post_binary(&server, path, &header, &binary);
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            error_message(&body).contains(fragment),
+            "'{body}' lacks '{fragment}'"
+        );
+    }
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/v2/models/iris/infer", server.base))
+        .header("Inference-Header-Content-Length", "999")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("the body has only 2 bytes")
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -21,9 +21,6 @@ use crate::protocol;
 /// The `platform` reported in model metadata.
 pub const PLATFORM: &str = "weir_wasm_pipeline";
 
-/// Header that marks a request in Triton's binary tensor format.
-const BINARY_HEADER: &str = "inference-header-content-length";
-
 /// The V2 routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -37,8 +34,11 @@ pub fn routes() -> Router<AppState> {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready),
         )
-        .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{model}/infer", post(infer_route))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_route),
+        )
 }
 
 /// `{model}` and the optional `{version}` of a model route.
@@ -100,36 +100,58 @@ async fn model_ready(
     Ok(Json(json!({ "name": pipeline.name, "ready": true })))
 }
 
-async fn infer(
+async fn infer_route(
     State(app): State<AppState>,
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
     let pipeline = app.registry.get(&path.model, path.version.as_deref())?;
-    if headers.contains_key(BINARY_HEADER) {
-        return Err(protocol::binary_extension_unsupported());
-    }
+    let header_length = match headers.get(protocol::HEADER_LENGTH) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    Error::InvalidInput("Inference-Header-Content-Length is not text".into())
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
     // Stages run on the blocking pool: a stage may run up to its deadline, and WASI's
     // synchronous host calls (a guest writing to stderr) must not run on an async worker.
-    let response = tokio::task::spawn_blocking(move || run(&pipeline, &body))
-        .await
-        .map_err(|e| Error::StageFailed(format!("the request's worker failed: {e}")))??;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        response,
-    )
-        .into_response())
+    let response =
+        tokio::task::spawn_blocking(move || infer(&pipeline, &body, header_length.as_deref()))
+            .await
+            .map_err(|e| Error::StageFailed(format!("the request's worker failed: {e}")))??;
+    Ok(match response.header_length {
+        None => ([(header::CONTENT_TYPE, "application/json")], response.body).into_response(),
+        Some(length) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (
+                    HeaderName::from_static(protocol::HEADER_LENGTH),
+                    length.to_string(),
+                ),
+            ],
+            response.body,
+        )
+            .into_response(),
+    })
 }
 
-/// Decode, run the pipeline, select the requested outputs and encode. Blocking.
-fn run(pipeline: &Pipeline, body: &[u8]) -> Result<Vec<u8>, Error> {
-    let request = protocol::decode_request(body)?;
-    let batch = pipeline.infer(request.batch)?;
-    let available: Vec<_> = batch.tensors.iter().collect();
-    let outputs = protocol::select_outputs(&available, request.outputs.as_deref())?;
+/// Answer a V2 request body with `pipeline`: decode, run, select the requested outputs,
+/// encode. `header_length` is the binary extension's header, if sent. Blocking; the whole
+/// per-request cost outside HTTP itself.
+pub fn infer(
+    pipeline: &Pipeline,
+    body: &[u8],
+    header_length: Option<&str>,
+) -> Result<protocol::Response, Error> {
+    let mut request = protocol::decode_request(body, header_length)?;
+    let batch = pipeline.infer(std::mem::take(&mut request.batch))?;
+    let outputs = protocol::select_outputs(&batch.tensors, &request)?;
     protocol::encode_response(
         &pipeline.name,
         &pipeline.version,

@@ -1,141 +1,38 @@
-//! The Open Inference Protocol (KServe V2) JSON form: requests into [`Batch`]es and batches
-//! into responses. See `../shared/V2-PROTOCOL.md` for the choices made where servers differ.
-
-use std::collections::HashSet;
+//! The JSON form of tensor data: `data` arrays (flat, or nested to the shape) into
+//! little-endian bytes, and bytes back into flat arrays.
 
 use serde::ser::{Error as _, SerializeSeq};
-use serde::{Deserialize, Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
-use crate::error::Error;
-use crate::tensor::{Batch, Datatype, Tensor, element_count};
+use super::binary::bytes_elements;
+use crate::tensor::{Datatype, Tensor};
 
-/// Parameters attached to a request, an input or an output.
-type Parameters = Map<String, Value>;
-
-/// An inference request as clients send it.
-#[derive(Deserialize)]
-struct InferenceRequest {
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Parameters,
-    inputs: Vec<RequestInput>,
-    outputs: Option<Vec<RequestOutput>>,
-}
-
-#[derive(Deserialize)]
-struct RequestInput {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Parameters,
-    data: Value,
-}
-
-#[derive(Deserialize)]
-struct RequestOutput {
-    name: String,
-}
-
-/// A decoded inference request: the batch for the pipeline plus what the response must echo.
-#[derive(Debug)]
-pub struct Request {
-    /// The client's request id, echoed in the response.
-    pub id: Option<String>,
-    /// The inputs as tensors, and the request parameters as strings.
-    pub batch: Batch,
-    /// The outputs the client asked for, in its order; `None` means all of them.
-    pub outputs: Option<Vec<String>>,
-}
-
-/// Decode a V2 JSON request body.
-pub fn decode_request(body: &[u8]) -> Result<Request, Error> {
-    let request: InferenceRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidInput(format!("invalid inference request JSON: {e}")))?;
-    let mut seen = HashSet::new();
-    let mut tensors = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
-        if !seen.insert(input.name.clone()) {
-            return Err(Error::InvalidInput(format!(
-                "input '{}' appears more than once",
-                input.name
-            )));
-        }
-        if input.parameters.contains_key("binary_data_size") {
-            return Err(binary_extension_unsupported());
-        }
-        tensors.push(decode_input(input)?);
-    }
-    Ok(Request {
-        id: request.id,
-        batch: Batch {
-            tensors,
-            parameters: request
-                .parameters
-                .into_iter()
-                .map(|(k, v)| (k, parameter_string(v)))
-                .collect(),
-        },
-        outputs: request
-            .outputs
-            .map(|outs| outs.into_iter().map(|o| o.name).collect()),
-    })
-}
-
-/// The error for a request in Triton's binary tensor format, which is not implemented yet.
-pub fn binary_extension_unsupported() -> Error {
-    Error::NotSupported(
-        "the binary tensor extension is not supported yet; send tensors as JSON \
-         (tritonclient: binary_data=False on inputs and outputs)"
-            .into(),
-    )
-}
-
-fn parameter_string(value: Value) -> String {
-    match value {
-        Value::String(s) => s,
-        other => other.to_string(),
-    }
-}
-
-fn decode_input(input: RequestInput) -> Result<Tensor, Error> {
-    let name = input.name;
-    let invalid = |msg: String| Error::InvalidInput(format!("input '{name}': {msg}"));
-    let datatype: Datatype = input.datatype.parse().map_err(invalid)?;
+/// Decode a JSON `data` value holding `count` elements of `datatype` in `shape`.
+pub fn decode_data(
+    data: &Value,
+    datatype: Datatype,
+    shape: &[u64],
+    count: u64,
+) -> Result<Vec<u8>, String> {
     if matches!(datatype, Datatype::Fp16 | Datatype::Bf16) {
-        return Err(invalid(format!(
-            "{datatype} has no JSON form; it needs the binary tensor extension"
-        )));
+        return Err(format!(
+            "{datatype} has no JSON form; send it with the binary tensor extension"
+        ));
     }
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| u64::try_from(d))
-        .collect::<Result<Vec<u64>, _>>()
-        .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
-    let expected = element_count(&shape)
-        .ok_or_else(|| invalid(format!("shape {shape:?} has too many elements")))?;
     let mut decoder = Decoder {
         datatype,
         data: Vec::new(),
         count: 0,
     };
-    decoder
-        .walk(&input.data, &shape)
-        .map_err(|e| invalid(e.to_string()))?;
-    if decoder.count != expected {
-        return Err(invalid(format!(
-            "shape {shape:?} needs {expected} elements, data has {}",
+    decoder.walk(data, shape)?;
+    if decoder.count != count {
+        return Err(format!(
+            "shape {shape:?} needs {count} elements, data has {}",
             decoder.count
-        )));
+        ));
     }
-    Ok(Tensor {
-        name,
-        datatype,
-        shape,
-        data: decoder.data,
-    })
+    Ok(decoder.data)
 }
 
 /// Flattens JSON `data` (flat, or nested to the shape) into little-endian bytes.
@@ -220,7 +117,7 @@ impl Decoder {
                 out.extend(len.to_le_bytes());
                 out.extend(s.as_bytes());
             }
-            Datatype::Fp16 | Datatype::Bf16 => unreachable!("rejected before decoding"),
+            Datatype::Fp16 | Datatype::Bf16 => unreachable!("refused by decode_data"),
         }
         self.count += 1;
         Ok(())
@@ -254,77 +151,8 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// A V2 inference response, serialized straight from the batch's bytes.
-#[derive(Serialize)]
-struct InferenceResponse<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: Vec<ResponseOutput<'a>>,
-}
-
-#[derive(Serialize)]
-struct ResponseOutput<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [u64],
-    data: TensorData<'a>,
-}
-
 /// Serializes a tensor's bytes as a flat JSON array of its elements.
-struct TensorData<'a>(&'a Tensor);
-
-/// Encode the response for `request` from the pipeline's final batch: the requested outputs in
-/// the requested order, or every output in `order` when the client named none.
-pub fn encode_response(
-    model_name: &str,
-    model_version: &str,
-    id: Option<&str>,
-    outputs: &[&Tensor],
-) -> Result<Vec<u8>, Error> {
-    let response = InferenceResponse {
-        model_name,
-        model_version,
-        id,
-        outputs: outputs
-            .iter()
-            .map(|t| ResponseOutput {
-                name: &t.name,
-                datatype: t.datatype.name(),
-                shape: &t.shape,
-                data: TensorData(t),
-            })
-            .collect(),
-    };
-    serde_json::to_vec(&response).map_err(|e| Error::StageFailed(e.to_string()))
-}
-
-/// Pick the outputs the client asked for, in its order; all of `available` when it named none.
-pub fn select_outputs<'a>(
-    available: &[&'a Tensor],
-    requested: Option<&[String]>,
-) -> Result<Vec<&'a Tensor>, Error> {
-    let Some(requested) = requested else {
-        return Ok(available.to_vec());
-    };
-    requested
-        .iter()
-        .map(|name| {
-            available
-                .iter()
-                .find(|t| &t.name == name)
-                .copied()
-                .ok_or_else(|| {
-                    let names: Vec<&str> = available.iter().map(|t| t.name.as_str()).collect();
-                    Error::InvalidInput(format!(
-                        "unknown output '{name}' (this model has: {})",
-                        names.join(", ")
-                    ))
-                })
-        })
-        .collect()
-}
+pub struct TensorData<'a>(pub &'a Tensor);
 
 impl Serialize for TensorData<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -388,24 +216,4 @@ impl Serialize for TensorData<'_> {
         }
         seq.end()
     }
-}
-
-/// The elements of BYTES data (4-byte little-endian length, then the bytes, repeated).
-fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
-    std::iter::from_fn(move || {
-        if data.is_empty() {
-            return None;
-        }
-        let Some((len, rest)) = data.split_first_chunk::<4>() else {
-            data = &[];
-            return Some(Err("truncated BYTES element length"));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        let Some((item, rest)) = rest.split_at_checked(len) else {
-            data = &[];
-            return Some(Err("truncated BYTES element"));
-        };
-        data = rest;
-        Some(Ok(item))
-    })
 }

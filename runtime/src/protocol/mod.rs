@@ -1,0 +1,278 @@
+//! The Open Inference Protocol (KServe V2) over REST: request bodies into [`Batch`]es and
+//! batches into response bodies, in the JSON form ([`json`]) and Triton's binary tensor
+//! extension ([`binary`]), which `tritonclient` uses by default. See
+//! `../shared/V2-PROTOCOL.md` for the choices made where servers differ.
+
+mod binary;
+mod json;
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+use crate::tensor::{Batch, Datatype, Tensor, element_count};
+
+/// The header that gives the length of the JSON part of a body with binary tensors.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Parameters attached to a request, an input or an output.
+type Parameters = Map<String, Value>;
+
+/// An inference request's JSON part as clients send it.
+#[derive(Deserialize)]
+struct InferenceRequest {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Parameters,
+    inputs: Vec<RequestInput>,
+    outputs: Option<Vec<RequestOutput>>,
+}
+
+#[derive(Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Parameters,
+    /// Absent when the tensor travels in the binary part (`binary_data_size`).
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RequestOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+/// An output the client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRequest {
+    pub name: String,
+    /// Send this output in the binary part (`"binary_data": true`).
+    pub binary: bool,
+}
+
+/// A decoded inference request: the batch for the pipeline plus what the response must echo.
+#[derive(Debug)]
+pub struct Request {
+    /// The client's request id, echoed in the response.
+    pub id: Option<String>,
+    /// The inputs as tensors, and the request parameters as strings.
+    pub batch: Batch,
+    /// The outputs the client asked for, in its order; `None` means all of them.
+    pub outputs: Option<Vec<OutputRequest>>,
+    /// Send outputs the client did not name in the binary part (`binary_data_output`).
+    pub binary_outputs: bool,
+}
+
+/// Decode a request body. `header_length` is the `Inference-Header-Content-Length` header:
+/// the JSON part's length when binary tensors follow it.
+pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<Request, Error> {
+    let (json_part, mut binary_part) = binary::split(body, header_length)?;
+    let request: InferenceRequest = serde_json::from_slice(json_part)
+        .map_err(|e| Error::InvalidInput(format!("invalid inference request JSON: {e}")))?;
+    let mut seen = HashSet::new();
+    let mut tensors = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        if !seen.insert(input.name.clone()) {
+            return Err(Error::InvalidInput(format!(
+                "input '{}' appears more than once",
+                input.name
+            )));
+        }
+        tensors.push(decode_input(input, &mut binary_part)?);
+    }
+    if !binary_part.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{} bytes of binary data follow the inputs' binary_data_size",
+            binary_part.len()
+        )));
+    }
+    let binary_outputs = flag(&request.parameters, "binary_data_output");
+    Ok(Request {
+        id: request.id,
+        binary_outputs,
+        outputs: request.outputs.map(|outs| {
+            outs.into_iter()
+                .map(|o| OutputRequest {
+                    binary: flag(&o.parameters, "binary_data"),
+                    name: o.name,
+                })
+                .collect()
+        }),
+        batch: Batch {
+            tensors,
+            parameters: request
+                .parameters
+                .into_iter()
+                .map(|(k, v)| (k, parameter_string(v)))
+                .collect(),
+        },
+    })
+}
+
+/// Whether boolean parameter `name` is present and true.
+fn flag(parameters: &Parameters, name: &str) -> bool {
+    parameters.get(name).and_then(Value::as_bool) == Some(true)
+}
+
+fn parameter_string(value: Value) -> String {
+    match value {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn decode_input(input: RequestInput, binary_part: &mut &[u8]) -> Result<Tensor, Error> {
+    let name = input.name;
+    let invalid = |msg: String| Error::InvalidInput(format!("input '{name}': {msg}"));
+    let datatype: Datatype = input.datatype.parse().map_err(invalid)?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| u64::try_from(d))
+        .collect::<Result<Vec<u64>, _>>()
+        .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
+    let count = element_count(&shape)
+        .ok_or_else(|| invalid(format!("shape {shape:?} has too many elements")))?;
+    let data = match (input.parameters.get("binary_data_size"), input.data) {
+        (Some(size), None) => {
+            let size = size
+                .as_u64()
+                .ok_or_else(|| invalid("binary_data_size must be a byte count".into()))?;
+            binary::take_input(binary_part, size, datatype, count).map_err(invalid)?
+        }
+        (None, Some(data)) => json::decode_data(&data, datatype, &shape, count).map_err(invalid)?,
+        (Some(_), Some(_)) => {
+            return Err(invalid("has both data and binary_data_size".into()));
+        }
+        (None, None) => return Err(invalid("has no data".into())),
+    };
+    Ok(Tensor {
+        name,
+        datatype,
+        shape,
+        data,
+    })
+}
+
+/// An output picked for the response, and the form it travels in.
+pub struct Selected<'a> {
+    pub tensor: &'a Tensor,
+    pub binary: bool,
+}
+
+/// Pick the outputs the client asked for, in its order; all of `available` when it named none.
+pub fn select_outputs<'a>(
+    available: &'a [Tensor],
+    request: &Request,
+) -> Result<Vec<Selected<'a>>, Error> {
+    let Some(requested) = &request.outputs else {
+        return Ok(available
+            .iter()
+            .map(|tensor| Selected {
+                tensor,
+                binary: request.binary_outputs,
+            })
+            .collect());
+    };
+    requested
+        .iter()
+        .map(|wanted| {
+            let tensor = available
+                .iter()
+                .find(|t| t.name == wanted.name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = available.iter().map(|t| t.name.as_str()).collect();
+                    Error::InvalidInput(format!(
+                        "unknown output '{}' (this model has: {})",
+                        wanted.name,
+                        names.join(", ")
+                    ))
+                })?;
+            Ok(Selected {
+                tensor,
+                binary: wanted.binary,
+            })
+        })
+        .collect()
+}
+
+/// A V2 inference response's JSON part.
+#[derive(Serialize)]
+struct InferenceResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<ResponseOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [u64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<json::TensorData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// An encoded response body.
+pub struct Response {
+    pub body: Vec<u8>,
+    /// The JSON part's length when binary tensors follow it (for `Inference-Header-Content-Length`).
+    pub header_length: Option<usize>,
+}
+
+/// Encode the response: JSON outputs inline, binary ones after the JSON part in order.
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[Selected],
+) -> Result<Response, Error> {
+    let any_binary = outputs.iter().any(|o| o.binary);
+    let response = InferenceResponse {
+        model_name,
+        model_version,
+        id,
+        outputs: outputs
+            .iter()
+            .map(|o| ResponseOutput {
+                name: &o.tensor.name,
+                datatype: o.tensor.datatype.name(),
+                shape: &o.tensor.shape,
+                parameters: o.binary.then(|| BinaryParameters {
+                    binary_data_size: o.tensor.data.len(),
+                }),
+                data: (!o.binary).then_some(json::TensorData(o.tensor)),
+            })
+            .collect(),
+    };
+    let mut body = serde_json::to_vec(&response).map_err(|e| Error::StageFailed(e.to_string()))?;
+    if !any_binary {
+        return Ok(Response {
+            body,
+            header_length: None,
+        });
+    }
+    let header_length = body.len();
+    for output in outputs.iter().filter(|o| o.binary) {
+        body.extend_from_slice(&output.tensor.data);
+    }
+    Ok(Response {
+        body,
+        header_length: Some(header_length),
+    })
+}
