@@ -50,40 +50,50 @@ fn serve_without_a_manifest_says_what_to_give() {
 struct Served {
     child: Child,
     addr: String,
+    /// The server's JSON log records, as they come.
+    logs: mpsc::Receiver<Value>,
 }
 
 impl Served {
-    fn start(data_dir: &Path) -> Served {
+    fn start(data_dir: &Path, manifest: &Path) -> Served {
         let mut child = weir()
-            .args([
-                "serve",
-                "--log-format",
-                "json",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(data_dir)
-            .arg(repo_root().join("examples/iris/pipeline.toml"))
+            .arg(manifest)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, logs) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(record) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if let Some(addr) = record["addr"].as_str() {
-                    let _ = tx.send(addr.to_owned());
-                }
+                let record = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+                let _ = tx.send(record);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("weir serve reports its address");
-        Served { child, addr }
+        let mut served = Served {
+            child,
+            addr: String::new(),
+            logs,
+        };
+        let listening = served.wait_for_log(|r| r["addr"].is_string());
+        served.addr = listening["addr"].as_str().unwrap().to_owned();
+        served
+    }
+
+    /// The first log record (from now on) that satisfies `wanted`.
+    fn wait_for_log(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let record = self
+                .logs
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the awaited log record");
+            if wanted(&record) {
+                return record;
+            }
+        }
     }
 }
 
@@ -125,7 +135,10 @@ fn tritonclient_python() -> std::path::PathBuf {
 #[test]
 fn tritonclient_gets_the_same_predictions_as_plain_http() {
     let data_dir = tempfile::tempdir().unwrap();
-    let served = Served::start(data_dir.path());
+    let served = Served::start(
+        data_dir.path(),
+        &repo_root().join("examples/iris/pipeline.toml"),
+    );
     let rows = json!([
         [5.1, 3.5, 1.4, 0.2],
         [6.0, 2.2, 4.0, 1.0],
@@ -167,4 +180,32 @@ fn tritonclient_gets_the_same_predictions_as_plain_http() {
             );
         }
     }
+}
+
+#[test]
+fn component_log_lines_reach_the_server_log_with_stage_component_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("echo.toml");
+    let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("faulty_stage.wasm");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"echo\"\n[model]\ncomponent = \"faulty-stage@0.1.0\"\npath = {:?}\n\
+             config = {{ mode = \"echo\" }}\n",
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let served = Served::start(dir.path(), &manifest);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v2/models/echo/infer", served.addr))
+        .body(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[1]}]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let record = served.wait_for_log(|r| r["message"] == "echoing 1 tensors");
+    assert_eq!(record["level"], "INFO");
+    assert_eq!(record["stage"], "model");
+    assert_eq!(record["component"], "faulty-stage");
+    assert_eq!(record["version"], "0.1.0");
 }

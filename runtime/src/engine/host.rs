@@ -10,13 +10,18 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::tensor;
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "model",
-});
+/// Host bindings generated from `wit/`. The `model` world imports the most of the three
+/// worlds; all three export the same `stage` interface.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "model",
+    });
+}
 
-pub use exports::weir::pipeline::stage::StageError;
-pub use weir::pipeline::types as wit;
+pub use bindings::weir::pipeline::types as wit;
+use bindings::weir::pipeline::{artifacts, log};
+pub use bindings::{Model, ModelPre};
 
 /// Which stage slot a component fills; it decides what the component may import.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,9 +109,9 @@ pub fn new_store(
 pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    weir::pipeline::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     if kind == StageKind::Model {
-        weir::pipeline::artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     }
     Ok(linker)
 }
@@ -120,11 +125,11 @@ impl WasiView for HostState {
     }
 }
 
-impl weir::pipeline::types::Host for HostState {}
+impl wit::Host for HostState {}
 
-impl weir::pipeline::log::Host for HostState {
-    fn log(&mut self, level: weir::pipeline::log::Level, message: String) {
-        use weir::pipeline::log::Level;
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        use log::Level;
         let stage = &self.stage;
         let (kind, component, version) = (stage.kind.name(), &stage.component, &stage.version);
         match level {
@@ -137,7 +142,7 @@ impl weir::pipeline::log::Host for HostState {
     }
 }
 
-impl weir::pipeline::artifacts::Host for HostState {
+impl artifacts::Host for HostState {
     fn read(&mut self, name: String) -> Option<Vec<u8>> {
         self.stage.artifacts.get(&name).map(|bytes| bytes.to_vec())
     }

@@ -253,7 +253,7 @@ pub fn encode_response(
                 name: &o.tensor.name,
                 datatype: o.tensor.datatype.name(),
                 shape: &o.tensor.shape,
-                parameters: o.binary.then(|| BinaryParameters {
+                parameters: o.binary.then_some(BinaryParameters {
                     binary_data_size: o.tensor.data.len(),
                 }),
                 data: (!o.binary).then_some(json::TensorData(o.tensor)),

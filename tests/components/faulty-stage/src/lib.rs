@@ -9,7 +9,7 @@ struct FaultyStage;
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Mode {
-    /// Return the input batch unchanged.
+    /// Return the input batch unchanged, logging how many tensors it holds.
     Echo,
     /// Panic, which traps.
     Panic,
@@ -33,7 +33,10 @@ impl Stage for FaultyStage {
 
     fn process(config: Config, batch: Batch) -> Result<Batch, StageError> {
         match config.mode {
-            Mode::Echo => Ok(batch),
+            Mode::Echo => {
+                weir_sdk::log::info(&format!("echoing {} tensors", batch.tensors.len()));
+                Ok(batch)
+            }
             Mode::Panic => panic!("faulty-stage panics as configured"),
             Mode::Loop => {
                 let mut n = 0u64;
