@@ -13,6 +13,7 @@ pub mod http;
 pub mod pipeline;
 pub mod protocol;
 pub mod stages;
+pub mod store;
 pub mod tensor;
 
 use sha2::{Digest, Sha256};

@@ -39,11 +39,17 @@ fn help_explains_every_flag_and_default() {
 }
 
 #[test]
-fn serve_without_a_manifest_says_what_to_give() {
-    let out = weir().arg("serve").output().unwrap();
+fn serve_with_a_missing_manifest_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("no/such/pipeline.toml")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8(out.stderr).unwrap();
-    assert!(text.contains("give a manifest"), "{text}");
+    assert!(text.contains("no/such/pipeline.toml"), "{text}");
 }
 
 /// `weir serve` on an ephemeral port, killed when dropped.

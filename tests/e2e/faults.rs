@@ -5,12 +5,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, engine, error_message, faulty, iris};
-use weir::pipeline::Pipeline;
+use crate::support::{TestServer, error_message, faulty, iris, registry};
 use weir::pipeline::manifest::Manifest;
 
 fn request() -> Value {
     json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2] }] })
+}
+
+/// A request that asks the faulty component to misbehave.
+fn faulting() -> Value {
+    let mut request = request();
+    request["parameters"] = json!({ "fault": true });
+    request
 }
 
 fn iris_still_serves(server: &TestServer) {
@@ -54,7 +60,7 @@ fn each_fault_gets_its_status_and_the_server_keeps_serving() {
     let server = TestServer::start(&manifests);
     for (mode, want_status, fragments) in FAULTS {
         for _ in 0..3 {
-            let (status, body) = server.post_json(&format!("/v2/models/{mode}/infer"), &request());
+            let (status, body) = server.post_json(&format!("/v2/models/{mode}/infer"), &faulting());
             assert_eq!(status, *want_status, "{mode}: {body}");
             let message = error_message(&body);
             for fragment in *fragments {
@@ -77,7 +83,7 @@ fn an_endless_loop_is_cut_at_the_deadline_while_others_are_served() {
     std::thread::scope(|scope| {
         let looping = scope.spawn(|| {
             let started = Instant::now();
-            let (status, body) = server.post_json("/v2/models/loop/infer", &request());
+            let (status, body) = server.post_json("/v2/models/loop/infer", &faulting());
             (status, body, started.elapsed())
         });
         // Meanwhile the other pipeline answers.
@@ -110,9 +116,10 @@ fn an_endless_loop_is_cut_at_the_deadline_while_others_are_served() {
 fn load_error(text: &str) -> String {
     let base = std::path::Path::new(env!("WEIR_TEST_COMPONENTS"));
     let manifest = Manifest::parse(text, base).unwrap();
-    match Pipeline::load(engine(), &manifest, "1") {
-        Ok(_) => panic!("pipeline loaded"),
-        Err(e) => format!("{e:#}"),
+    let (registry, _dir) = registry(&[]);
+    match registry.deploy(&manifest) {
+        Ok(_) => panic!("pipeline deployed"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -131,10 +138,14 @@ fn a_component_importing_outside_its_world_is_refused_naming_the_import() {
 fn unknown_components_and_non_components_are_refused_at_load() {
     let message = load_error("name = \"p\"\n[model]\ncomponent = \"no-such@1.0.0\"\n");
     assert!(
-        message.contains("no bundled component no-such@1.0.0"),
+        message.contains("no component no-such@1.0.0 in the store"),
         "{message}"
     );
-    assert!(message.contains("standard-scaler@0.1.0"), "{message}");
+    let message = load_error("name = \"p\"\n[model]\ncomponent = \"label-map@^9\"\n");
+    assert!(
+        message.contains("no component label-map matches ^9 (stored versions: 0.1.0)"),
+        "{message}"
+    );
     let message = load_error(
         "name = \"p\"\n[model]\ncomponent = \"x@1.0.0\"\npath = \"../../../../Cargo.toml\"\n",
     );

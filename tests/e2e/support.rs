@@ -9,8 +9,12 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use weir::engine::Engine;
 use weir::http::{self, AppState};
+use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
-use weir::pipeline::{Pipeline, Registry};
+use weir::store::Store;
+
+/// The admin token of in-process test servers.
+pub const TOKEN: &str = "test-admin-token";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -35,18 +39,32 @@ pub fn iris() -> Manifest {
 }
 
 /// A pipeline named `name` whose model stage is the faulty test component in `mode`, with
-/// extra manifest text (e.g. a `[limits]` table).
+/// extra manifest text (e.g. a `[limits]` table). It misbehaves only on requests with the
+/// parameter `fault`, so it passes its warm-up.
 pub fn faulty(name: &str, mode: &str, extra: &str) -> Manifest {
     let text = format!(
         "name = \"{name}\"\n{extra}\n[model]\ncomponent = \"faulty-stage@0.1.0\"\n\
-         path = \"faulty_stage.wasm\"\nconfig = {{ mode = \"{mode}\" }}\n"
+         path = \"faulty_stage.wasm\"\nconfig = {{ mode = \"{mode}\", on_request = true }}\n"
     );
     Manifest::parse(&text, Path::new(env!("WEIR_TEST_COMPONENTS"))).expect("faulty manifest")
+}
+
+/// A registry on a fresh store in a temporary directory, with `manifests` deployed.
+pub fn registry(manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let registry = Arc::new(Registry::open(engine().clone(), store).unwrap());
+    for manifest in manifests {
+        registry.deploy(manifest).expect("pipeline deploys");
+    }
+    (registry, dir)
 }
 
 /// A running in-process server, stopped when dropped.
 pub struct TestServer {
     pub base: String,
+    pub registry: Arc<Registry>,
+    _data_dir: tempfile::TempDir,
     client: reqwest::blocking::Client,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -60,14 +78,11 @@ impl TestServer {
 
     /// Serve `manifests`, refusing bodies over `max_body_bytes`.
     pub fn with_body_limit(manifests: &[Manifest], max_body_bytes: usize) -> TestServer {
-        let mut registry = Registry::default();
-        for manifest in manifests {
-            let pipeline = Pipeline::load(engine(), manifest, "1").expect("pipeline loads");
-            registry.insert(pipeline).unwrap();
-        }
+        let (registry, data_dir) = self::registry(manifests);
         let state = AppState {
-            registry: Arc::new(registry),
+            registry: registry.clone(),
             max_body_bytes,
+            admin_token: Arc::from(TOKEN),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -88,6 +103,8 @@ impl TestServer {
         });
         TestServer {
             base,
+            registry,
+            _data_dir: data_dir,
             client: reqwest::blocking::Client::new(),
             stop: Some(stop),
             thread: Some(thread),
@@ -119,6 +136,25 @@ impl TestServer {
     /// POST a JSON value to `path`.
     pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post(path, body.to_string())
+    }
+
+    /// A management request with the admin token; the status and the JSON body (null if none).
+    pub fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
 

@@ -1,7 +1,6 @@
 //! Precompiled components on disk, so a restart loads machine code instead of compiling.
 
 use std::fs;
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -45,14 +44,9 @@ impl CompileCache {
         }
     }
 
-    /// Write `component` for `digest`: temp file, fsync, rename, so a crash leaves either
-    /// the whole file or none.
+    /// Write `component` for `digest`, atomically: a crash leaves the whole file or none.
     pub fn store(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
         let bytes = component.serialize()?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(self.path(digest))?;
-        Ok(())
+        crate::store::write_atomically(&self.dir, &self.path(digest), &bytes)
     }
 }

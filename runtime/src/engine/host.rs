@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use anyhow::Context;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -24,7 +25,10 @@ use bindings::weir::pipeline::{artifacts, log};
 pub use bindings::{Model, ModelPre};
 
 /// Which stage slot a component fills; it decides what the component may import.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum StageKind {
     Preprocess,
     Model,
@@ -114,6 +118,29 @@ pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Link
         artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     }
     Ok(linker)
+}
+
+/// The stage worlds `component` fits, narrowest imports first: `preprocessor`, `model`,
+/// `postprocessor` when it needs nothing but `log`; only `model` when it reads artifacts.
+/// An error names the import no world offers, or the missing `stage` export.
+pub fn fitting_worlds(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> anyhow::Result<Vec<&'static str>> {
+    let fits = |kind: StageKind| -> anyhow::Result<()> {
+        let pre = linker(engine, kind)?
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)?;
+        ModelPre::new(pre).map_err(|e| {
+            anyhow::Error::from(e).context("it does not export weir:pipeline/stage@0.1.0")
+        })?;
+        Ok(())
+    };
+    if fits(StageKind::Preprocess).is_ok() {
+        return Ok(vec!["preprocessor", "model", "postprocessor"]);
+    }
+    fits(StageKind::Model).context("it fits no stage world")?;
+    Ok(vec!["model"])
 }
 
 impl WasiView for HostState {

@@ -15,8 +15,10 @@
 mod cache;
 pub mod host;
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -42,11 +44,13 @@ const KEEP_RESIDENT: usize = 16 << 20;
 /// must stay below it.
 pub const MAX_MEMORY: usize = 4 << 30;
 
-/// The compiling engine plus its on-disk cache of precompiled components.
+/// The compiling engine, its on-disk cache of precompiled components, and the components
+/// compiled so far, shared by every pipeline version that uses them.
 #[derive(Clone)]
 pub struct Engine {
     wasmtime: wasmtime::Engine,
     cache: Option<CompileCache>,
+    loaded: Arc<Mutex<HashMap<String, Component>>>,
 }
 
 impl Engine {
@@ -73,7 +77,11 @@ impl Engine {
             Some(dir) => Some(CompileCache::open(dir, compatibility_key(&wasmtime))?),
             None => None,
         };
-        Ok(Engine { wasmtime, cache })
+        Ok(Engine {
+            wasmtime,
+            cache,
+            loaded: Arc::default(),
+        })
     }
 
     /// The wasmtime engine, for stores and linkers.
@@ -81,8 +89,29 @@ impl Engine {
         &self.wasmtime
     }
 
-    /// Compile a component, or load its precompiled form from the cache.
-    pub fn compile(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<Component> {
+    /// The component with `digest`: already loaded, or from the disk cache, or compiled from
+    /// the bytes `load` returns (called only then).
+    pub fn compile(
+        &self,
+        digest: &str,
+        load: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Component> {
+        if let Some(component) = self.loaded.lock().unwrap().get(digest) {
+            return Ok(component.clone());
+        }
+        let component = self.compile_uncached(digest, load)?;
+        self.loaded
+            .lock()
+            .unwrap()
+            .insert(digest.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    fn compile_uncached(
+        &self,
+        digest: &str,
+        load: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Component> {
         if let Some(component) = self
             .cache
             .as_ref()
@@ -90,9 +119,15 @@ impl Engine {
         {
             return Ok(component);
         }
-        let component = Component::new(&self.wasmtime, bytes)
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.wasmtime, load()?)
             .map_err(anyhow::Error::from)
             .context("compiling the component")?;
+        tracing::info!(
+            digest,
+            compile_ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
         if let Some(cache) = &self.cache {
             // A cache write failure costs a recompile later, never this load.
             if let Err(e) = cache.store(digest, &component) {

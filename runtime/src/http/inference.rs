@@ -79,8 +79,8 @@ async fn model_metadata(
         "name": pipeline.name,
         "versions": [pipeline.version],
         "platform": PLATFORM,
-        "inputs": tensor_metadata(&pipeline.inputs),
-        "outputs": tensor_metadata(&pipeline.outputs),
+        "inputs": tensor_metadata(pipeline.inputs()),
+        "outputs": tensor_metadata(pipeline.outputs()),
         "parameters": { "weir_stages": stages },
     })))
 }

@@ -1,6 +1,8 @@
 //! The HTTP surface: V2 inference routes ([`inference`]), with errors as `{"error": "..."}`
 //! and the status code each [`Error`] maps to.
 
+pub mod admin;
+pub mod auth;
 pub mod inference;
 
 use std::future::Future;
@@ -22,12 +24,19 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// The bearer token the management routes require.
+    pub admin_token: Arc<str>,
 }
 
 /// The router for every route this server answers.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let admin = admin::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_admin,
+    ));
     inference::routes()
+        .merge(admin)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tensor::Datatype;
 
 /// A parsed manifest with every relative path resolved against the manifest's directory.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The pipeline's name: the `{m}` of `/v2/models/{m}`.
@@ -32,15 +32,15 @@ pub struct Manifest {
 
 /// A declared input or output: name, accepted datatypes (the first is the one metadata
 /// reports) and shape, with -1 for a dimension of any size.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(try_from = "RawTensorSpec")]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawTensorSpec", into = "RawTensorSpec")]
 pub struct TensorSpec {
     pub name: String,
     pub datatypes: Vec<Datatype>,
     pub shape: Vec<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawTensorSpec {
     name: String,
@@ -48,7 +48,7 @@ struct RawTensorSpec {
     shape: Vec<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -80,37 +80,54 @@ impl TryFrom<RawTensorSpec> for TensorSpec {
     }
 }
 
-/// One stage: the component that runs it, its config and its artifacts.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageSpec {
-    /// `name@version`: a bundled plugin, or the name and version of the file at `path`.
-    pub component: String,
-    /// A component file of your own, relative to the manifest.
-    pub path: Option<PathBuf>,
-    /// Handed to the component as a JSON object on every call.
-    #[serde(default)]
-    pub config: toml::Table,
-    /// Model artifact files by the name the component reads them with.
-    #[serde(default)]
-    pub artifacts: BTreeMap<String, PathBuf>,
-}
-
-impl StageSpec {
-    /// The component's name and version from `name@version`.
-    pub fn name_and_version(&self) -> anyhow::Result<(&str, &str)> {
-        match self.component.split_once('@') {
-            Some((name, version)) if !name.is_empty() && !version.is_empty() => Ok((name, version)),
-            _ => bail!(
-                "component '{}' must be written name@version, e.g. standard-scaler@0.1.0",
-                self.component
-            ),
+impl From<TensorSpec> for RawTensorSpec {
+    fn from(spec: TensorSpec) -> Self {
+        RawTensorSpec {
+            name: spec.name,
+            datatype: OneOrMany::Many(spec.datatypes.iter().map(|d| d.name().to_owned()).collect()),
+            shape: spec.shape,
         }
     }
 }
 
+/// One stage: the component that runs it, its config and its artifacts.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// `name@version` or `name@requirement` (`standard-scaler@^0.1`) of a component in the
+    /// store (the bundled plugins are always there); with `path`, the exact version to push
+    /// the file as.
+    pub component: String,
+    /// A component file of your own, relative to the manifest, pushed on deploy.
+    pub path: Option<PathBuf>,
+    /// Handed to the component as a JSON object on every call.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Model artifacts by the name the component reads them with.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, ArtifactSource>,
+}
+
+/// Where an artifact comes from.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ArtifactSource {
+    /// A file relative to the manifest, pushed on deploy as `<pipeline>.<name>@0.0.0+<digest>`.
+    File(PathBuf),
+    /// An artifact already in the store: `{ artifact = "iris-weights@^1" }`.
+    Stored { artifact: String },
+}
+
+/// Split `name@version` (or `name@requirement`); `what` names the field for the error.
+pub fn split_reference<'a>(reference: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    match reference.split_once('@') {
+        Some((name, version)) if !name.is_empty() && !version.is_empty() => Ok((name, version)),
+        _ => bail!("{what} '{reference}' must be written name@version, e.g. standard-scaler@0.1.0"),
+    }
+}
+
 /// Per-pipeline resource limits for each stage instance.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Linear memory per instance, MiB. 64 MiB fits tabular models and their buffers with
@@ -145,15 +162,35 @@ impl Manifest {
             if let Some(p) = &mut stage.path {
                 *p = base.join(&*p);
             }
-            for p in stage.artifacts.values_mut() {
-                *p = base.join(&*p);
+            for source in stage.artifacts.values_mut() {
+                if let ArtifactSource::File(p) = source {
+                    *p = base.join(&*p);
+                }
             }
         }
         manifest.check()?;
         Ok(manifest)
     }
 
-    fn stages_mut(&mut self) -> impl Iterator<Item = &mut StageSpec> {
+    /// Whether any stage names a component or artifact file (rather than a stored object).
+    pub fn names_files(&self) -> bool {
+        [
+            self.preprocess.as_ref(),
+            Some(&self.model),
+            self.postprocess.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            s.path.is_some()
+                || s.artifacts
+                    .values()
+                    .any(|a| matches!(a, ArtifactSource::File(_)))
+        })
+    }
+
+    /// The stages present, in pipeline order.
+    pub fn stages_mut(&mut self) -> impl Iterator<Item = &mut StageSpec> {
         [
             self.preprocess.as_mut(),
             Some(&mut self.model),

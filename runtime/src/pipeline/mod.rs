@@ -1,56 +1,65 @@
-//! Pipelines: the manifest, its stages, and the path a request takes through them:
-//! `validate` → preprocess → model → postprocess.
+//! Pipelines: manifests, their resolution into pinned versions, the registry that serves
+//! and swaps them, and the path a request takes: `validate` → preprocess → model →
+//! postprocess.
 
 pub mod manifest;
+pub mod registry;
+pub mod spec;
 pub mod stage;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use anyhow::Context;
 
-use anyhow::{Context, bail};
-
-use crate::bundled;
 use crate::engine::Engine;
-use crate::engine::host::{StageIdentity, StageKind};
 use crate::error::Error;
 use crate::stages::validate;
-use crate::tensor::{Batch, Tensor};
-use manifest::{Manifest, StageSpec, TensorSpec};
+use crate::store::Store;
+use crate::tensor::{Batch, Datatype, Tensor};
+use manifest::TensorSpec;
+use spec::PipelineSpec;
 use stage::Stage;
+
+pub use registry::Registry;
 
 /// A loaded pipeline version, ready to serve.
 pub struct Pipeline {
     pub name: String,
     /// The version that answers: the `model_version` of every response.
     pub version: String,
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
+    pub spec: PipelineSpec,
     stages: Vec<Stage>,
 }
 
 impl Pipeline {
-    /// Compile and type-check every stage of `manifest`; fails naming the stage at fault.
-    pub fn load(engine: &Engine, manifest: &Manifest, version: &str) -> anyhow::Result<Pipeline> {
-        let slots = [
-            (StageKind::Preprocess, manifest.preprocess.as_ref()),
-            (StageKind::Model, Some(&manifest.model)),
-            (StageKind::Postprocess, manifest.postprocess.as_ref()),
-        ];
+    /// Compile and type-check every stage of `spec`; fails naming the stage at fault.
+    pub fn load(
+        engine: &Engine,
+        store: &Store,
+        spec: &PipelineSpec,
+        version: u64,
+    ) -> anyhow::Result<Pipeline> {
         let mut stages = Vec::new();
-        for (kind, spec) in slots {
-            let Some(spec) = spec else { continue };
-            let stage = load_stage(engine, kind, spec, manifest).with_context(|| {
-                format!("pipeline '{}', stage '{}'", manifest.name, kind.name())
+        for pinned in &spec.stages {
+            let stage = Stage::load(engine, store, pinned, &spec.limits).with_context(|| {
+                format!("pipeline '{}', stage '{}'", spec.name, pinned.kind.name())
             })?;
             stages.push(stage);
         }
         Ok(Pipeline {
-            name: manifest.name.clone(),
-            version: version.to_owned(),
-            inputs: manifest.inputs.clone(),
-            outputs: manifest.outputs.clone(),
+            name: spec.name.clone(),
+            version: version.to_string(),
+            spec: spec.clone(),
             stages,
         })
+    }
+
+    /// The declared inputs.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.spec.inputs
+    }
+
+    /// The declared outputs.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.spec.outputs
     }
 
     /// The stages in the order a request passes them.
@@ -60,7 +69,7 @@ impl Pipeline {
 
     /// Run a request's batch through `validate` and every stage, and pick the declared outputs.
     pub fn infer(&self, batch: Batch) -> Result<Batch, Error> {
-        validate::check(&self.inputs, &batch)?;
+        validate::check(self.inputs(), &batch)?;
         let mut batch = batch;
         for stage in &self.stages {
             batch = stage.run(batch)?;
@@ -68,14 +77,28 @@ impl Pipeline {
         self.declared_outputs(batch)
     }
 
+    /// One call through every stage with a row of zeros for each declared input, before the
+    /// version may serve. A stage that traps, fails or times out fails the warm-up; one that
+    /// refuses the zeros as invalid input has still run, and passes.
+    pub fn warm_up(&self) -> Result<(), Error> {
+        let tensors = self.inputs().iter().map(zeros).collect();
+        match self.infer(Batch {
+            tensors,
+            parameters: Vec::new(),
+        }) {
+            Ok(_) | Err(Error::InvalidInput(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The declared outputs in declared order (all of them when none are declared). A declared
     /// output that the last stage did not produce is the pipeline's fault.
     fn declared_outputs(&self, mut batch: Batch) -> Result<Batch, Error> {
-        if self.outputs.is_empty() {
+        if self.outputs().is_empty() {
             return Ok(batch);
         }
-        let mut outputs: Vec<Tensor> = Vec::with_capacity(self.outputs.len());
-        for spec in &self.outputs {
+        let mut outputs: Vec<Tensor> = Vec::with_capacity(self.outputs().len());
+        for spec in self.outputs() {
             let index = batch
                 .tensors
                 .iter()
@@ -93,77 +116,19 @@ impl Pipeline {
     }
 }
 
-fn load_stage(
-    engine: &Engine,
-    kind: StageKind,
-    spec: &StageSpec,
-    manifest: &Manifest,
-) -> anyhow::Result<Stage> {
-    let (name, version) = spec.name_and_version()?;
-    let wasm: std::borrow::Cow<[u8]> = match &spec.path {
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("reading component {}", path.display()))?
-            .into(),
-        None => match bundled::find(name, version) {
-            Some(b) => b.wasm.into(),
-            None => bail!(
-                "no bundled component {name}@{version} (bundled: {}); give `path` for your own",
-                bundled::list()
-            ),
-        },
+/// A tensor of zeros (empty strings for BYTES) fitting `spec`, with 1 for each -1 dimension.
+fn zeros(spec: &TensorSpec) -> Tensor {
+    let shape: Vec<u64> = spec.shape.iter().map(|&d| d.max(1) as u64).collect();
+    let count = crate::tensor::element_count(&shape).unwrap_or(0) as usize;
+    let datatype = spec.datatypes[0];
+    let data = match datatype {
+        Datatype::Bytes => vec![0; 4 * count],
+        other => vec![0; other.size().unwrap_or(0) * count],
     };
-    let mut artifacts = BTreeMap::new();
-    for (artifact, path) in &spec.artifacts {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading artifact '{artifact}' from {}", path.display()))?;
-        artifacts.insert(artifact.clone(), Arc::from(bytes));
-    }
-    let identity = StageIdentity {
-        kind,
-        component: name.to_owned(),
-        version: version.to_owned(),
-        artifacts,
-    };
-    Stage::load(engine, identity, &wasm, &spec.config, &manifest.limits)
-}
-
-/// The pipelines this server serves, by name.
-#[derive(Default)]
-pub struct Registry {
-    pipelines: BTreeMap<String, Arc<Pipeline>>,
-}
-
-impl Registry {
-    /// Add `pipeline`; refuses a second pipeline of the same name.
-    pub fn insert(&mut self, pipeline: Pipeline) -> anyhow::Result<()> {
-        if self.pipelines.contains_key(&pipeline.name) {
-            bail!("two manifests name the pipeline '{}'", pipeline.name);
-        }
-        self.pipelines
-            .insert(pipeline.name.clone(), Arc::new(pipeline));
-        Ok(())
-    }
-
-    /// The pipeline called `name`, at `version` if given (else the active one).
-    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<Pipeline>, Error> {
-        let pipeline = self.pipelines.get(name).ok_or_else(|| {
-            let names: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
-            Error::NotFound(format!(
-                "unknown model '{name}' (served: {})",
-                names.join(", ")
-            ))
-        })?;
-        match version {
-            Some(v) if v != pipeline.version => Err(Error::NotFound(format!(
-                "model '{name}' has no version '{v}' (versions: {})",
-                pipeline.version
-            ))),
-            _ => Ok(pipeline.clone()),
-        }
-    }
-
-    /// Every pipeline, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pipeline>> {
-        self.pipelines.values()
+    Tensor {
+        name: spec.name.clone(),
+        datatype,
+        shape,
+        data,
     }
 }

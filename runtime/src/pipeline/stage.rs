@@ -10,6 +10,8 @@ use crate::engine::host::{HostState, Model, ModelPre, StageIdentity, StageKind, 
 use crate::engine::{EPOCH_TICK, Engine};
 use crate::error::Error;
 use crate::pipeline::manifest::Limits;
+use crate::pipeline::spec::PinnedStage;
+use crate::store::Store;
 use crate::tensor::Batch;
 
 /// A loaded stage, ready to serve.
@@ -25,18 +27,31 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// Compile (or load from cache) and type-check `source` for `identity.kind`'s slot. Fails
-    /// with the import or export at fault when the component does not fit the slot's world.
+    /// Compile (or load from cache) and type-check `pinned` for its slot, reading its
+    /// component and artifacts from `store`. Fails with the import or export at fault when
+    /// the component does not fit the slot's world.
     pub fn load(
         engine: &Engine,
-        identity: StageIdentity,
-        wasm: &[u8],
-        config: &toml::Table,
+        store: &Store,
+        pinned: &PinnedStage,
         limits: &Limits,
     ) -> anyhow::Result<Stage> {
-        let digest = crate::digest(wasm);
+        let mut artifacts = std::collections::BTreeMap::new();
+        for (name, pin) in &pinned.artifacts {
+            let bytes = store
+                .blob(&pin.digest)
+                .with_context(|| format!("artifact {pin}"))?;
+            artifacts.insert(name.clone(), Arc::from(bytes));
+        }
+        let identity = StageIdentity {
+            kind: pinned.kind,
+            component: pinned.component.name.clone(),
+            version: pinned.component.version.to_string(),
+            artifacts,
+        };
+        let digest = pinned.component.digest.clone();
         let kind = identity.kind;
-        let component = engine.compile(&digest, wasm)?;
+        let component = engine.compile(&digest, || store.blob(&digest))?;
         let linker = crate::engine::host::linker(engine.wasmtime(), kind)?;
         let instance_pre = linker
             .instantiate_pre(&component)
@@ -59,7 +74,7 @@ impl Stage {
             identity: Arc::new(identity),
             digest,
             pre,
-            config: serde_json::to_string(config)?,
+            config: serde_json::to_string(&pinned.config)?,
             memory_cap: usize::try_from(limits.memory_mib << 20)?,
             // One tick more than the timeout: the first tick may come at once, and a stage
             // must get at least its full time.

@@ -1,5 +1,7 @@
 //! `faulty-stage`: a component for the runtime's tests. Its `mode` config picks the behaviour,
-//! so one component covers every way a stage can fail (and one way it can succeed).
+//! so one component covers every way a stage can fail (and one way it can succeed). With
+//! `on_request = true` it misbehaves only for requests carrying the parameter `fault`, so it
+//! passes the warm-up call a deploy makes and fails later, under traffic.
 
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError};
@@ -26,13 +28,17 @@ enum Mode {
 #[derive(Deserialize)]
 struct Config {
     mode: Mode,
+    #[serde(default)]
+    on_request: bool,
 }
 
 impl Stage for FaultyStage {
     type Config = Config;
 
     fn process(config: Config, batch: Batch) -> Result<Batch, StageError> {
+        let asked = !config.on_request || batch.parameter("fault").is_some();
         match config.mode {
+            _ if !asked => Ok(batch),
             Mode::Echo => {
                 weir_sdk::log::info(&format!("echoing {} tensors", batch.tensors.len()));
                 Ok(batch)

@@ -1,0 +1,102 @@
+//! The admin token that guards the management routes: from `--admin-token-file` or
+//! `WEIR_ADMIN_TOKEN`, else generated on first start into the data directory, readable only
+//! by its owner, where the CLI finds it. The token itself is never logged.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::AppState;
+use crate::error::Error;
+
+/// The token file's name in the data directory.
+pub const TOKEN_FILE: &str = "admin-token";
+
+/// Where the token came from, for the startup log line (never the token).
+pub enum TokenSource {
+    File(PathBuf),
+    Environment,
+    Generated(PathBuf),
+}
+
+/// The admin token: `file`'s contents, else `env`, else the data directory's token file,
+/// created with a fresh random token if missing.
+pub fn load_or_create(
+    file: Option<&Path>,
+    env: Option<String>,
+    data_dir: &Path,
+) -> anyhow::Result<(String, TokenSource)> {
+    if let Some(file) = file {
+        let token = read_token(file)?;
+        return Ok((token, TokenSource::File(file.to_path_buf())));
+    }
+    if let Some(token) = env.filter(|t| !t.trim().is_empty()) {
+        return Ok((token.trim().to_owned(), TokenSource::Environment));
+    }
+    let path = data_dir.join(TOKEN_FILE);
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+        std::fs::create_dir_all(data_dir)?;
+        crate::store::write_atomically(data_dir, &path, hex::encode(bytes).as_bytes())?;
+        restrict_to_owner(&path)?;
+    }
+    Ok((read_token(&path)?, TokenSource::Generated(path)))
+}
+
+/// The token in `path`, trimmed.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token from {}", path.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the admin token file {} is empty",
+        path.display()
+    );
+    Ok(token.to_owned())
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Middleware: let the request through only with `Authorization: Bearer <admin token>`.
+pub async fn require_admin(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        _ => Err(Error::Unauthorized(
+            "management routes need `Authorization: Bearer <admin token>` (see weir serve --help)"
+                .into(),
+        )),
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

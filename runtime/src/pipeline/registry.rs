@@ -1,0 +1,348 @@
+//! The registry: every pipeline's retained versions, loaded and ready, and the active one
+//! behind an atomic pointer. Deploy, swap and rollback follow one protocol: resolve → compile
+//! and type-check (off the request path) → warm-up call → record in the store (one
+//! transaction) → pointer swap. In-flight requests keep the `Arc` of the version they
+//! started on; a failure at any step leaves the old version serving.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::Pipeline;
+use super::manifest::Manifest;
+use super::spec::{self, Pin, PipelineSpec};
+use crate::bundled;
+use crate::engine::Engine;
+use crate::engine::host::StageKind;
+use crate::error::Error;
+use crate::store::{Kind, Store};
+
+/// One pipeline's versions and the one that serves.
+#[derive(Default)]
+struct Slot {
+    active: ArcSwapOption<Pipeline>,
+    versions: RwLock<BTreeMap<u64, Arc<Pipeline>>>,
+}
+
+/// All pipelines, backed by the store.
+pub struct Registry {
+    engine: Engine,
+    store: Arc<Store>,
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// Changes (deploy, swap, rollback, load, unload) happen one at a time.
+    changes: Mutex<()>,
+}
+
+/// The outcome of a change.
+#[derive(Debug, Serialize)]
+pub struct Change {
+    pub pipeline: String,
+    /// The version serving after the change.
+    pub version: u64,
+    /// False when the change resolved to the version already active (a no-op).
+    pub created: bool,
+}
+
+/// A swap: the parts of one stage to replace in the active version.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swap {
+    pub stage: StageKind,
+    /// `name@version` or `name@requirement` of the new component.
+    pub component: Option<String>,
+    /// Artifacts to replace, by name: `name@version` or `name@requirement` in the store.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
+    /// A new config for the stage (replaces the old one whole).
+    pub config: Option<Map<String, Value>>,
+}
+
+/// A pipeline's serving state, for status routes.
+#[derive(Debug, Serialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub active: Option<u64>,
+    pub versions: Vec<u64>,
+}
+
+impl Registry {
+    /// Open the registry on `store`: put the bundled components in it, then load every
+    /// retained pipeline version and warm up the active ones.
+    pub fn open(engine: Engine, store: Arc<Store>) -> anyhow::Result<Registry> {
+        for plugin in bundled::BUNDLED {
+            let version: Version = plugin.version.parse()?;
+            if let Err(e) =
+                spec::push_component(&engine, &store, plugin.name, &version, plugin.wasm)
+            {
+                tracing::warn!(
+                    component = plugin.name,
+                    version = plugin.version,
+                    "bundled component not stored: {e:#}"
+                );
+            }
+        }
+        let registry = Registry {
+            engine,
+            store,
+            slots: RwLock::default(),
+            changes: Mutex::new(()),
+        };
+        for record in registry.store.pipelines()? {
+            let slot = Arc::new(Slot::default());
+            for stored in registry.store.versions(&record.name)? {
+                let loaded = serde_json::from_str::<PipelineSpec>(&stored.spec)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|spec| {
+                        Pipeline::load(&registry.engine, &registry.store, &spec, stored.version)
+                    });
+                match loaded {
+                    Ok(pipeline) => {
+                        slot.versions
+                            .write()
+                            .unwrap()
+                            .insert(stored.version, Arc::new(pipeline));
+                    }
+                    Err(e) => {
+                        tracing::error!(pipeline = %record.name, version = stored.version, "cannot load: {e:#}")
+                    }
+                }
+            }
+            if let Some(active) = record.active {
+                let pipeline = slot.versions.read().unwrap().get(&active).cloned();
+                match pipeline {
+                    Some(p) => {
+                        p.warm_up()
+                            .with_context(|| format!("warming up {} v{active}", record.name))?;
+                        slot.active.store(Some(p));
+                    }
+                    None => {
+                        tracing::error!(pipeline = %record.name, version = active, "active version did not load; not serving")
+                    }
+                }
+            }
+            registry.slots.write().unwrap().insert(record.name, slot);
+        }
+        Ok(registry)
+    }
+
+    /// The store behind the registry.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The engine that compiles components.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn slot(&self, name: &str) -> Result<Arc<Slot>, Error> {
+        let slots = self.slots.read().unwrap();
+        slots.get(name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = slots.keys().map(String::as_str).collect();
+            Error::NotFound(format!(
+                "unknown model '{name}' (served: {})",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// The pipeline `name` at `version` (any retained one), or its active version.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<Pipeline>, Error> {
+        let slot = self.slot(name)?;
+        match version {
+            Some(v) => {
+                let versions = slot.versions.read().unwrap();
+                v.parse::<u64>()
+                    .ok()
+                    .and_then(|n| versions.get(&n).cloned())
+                    .ok_or_else(|| {
+                        let known: Vec<String> = versions.keys().map(u64::to_string).collect();
+                        Error::NotFound(format!(
+                            "model '{name}' has no version '{v}' (versions: {})",
+                            known.join(", ")
+                        ))
+                    })
+            }
+            None => slot.active.load_full().ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "model '{name}' is unloaded (POST /v2/repository/models/{name}/load)"
+                ))
+            }),
+        }
+    }
+
+    /// Every pipeline, its active version and its retained versions.
+    pub fn status(&self) -> Vec<PipelineStatus> {
+        self.slots
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(name, slot)| PipelineStatus {
+                name: name.clone(),
+                active: slot
+                    .active
+                    .load()
+                    .as_ref()
+                    .map(|p| p.version.parse().unwrap_or(0)),
+                versions: slot.versions.read().unwrap().keys().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Deploy `manifest`: resolve it and activate the result as the next version, unless it
+    /// resolves to the active version (then nothing changes).
+    pub fn deploy(&self, manifest: &Manifest) -> Result<Change, Error> {
+        let _change = self.changes.lock().unwrap();
+        let spec = spec::resolve(manifest, &self.engine, &self.store).map_err(Error::refused)?;
+        self.activate_spec(spec)
+    }
+
+    /// Replace parts of one stage of `name`'s active version, as the next version.
+    pub fn swap(&self, name: &str, swap: &Swap) -> Result<Change, Error> {
+        let _change = self.changes.lock().unwrap();
+        let active = self.get(name, None)?;
+        let mut spec = active.spec.clone();
+        let stage = spec.stage_mut(swap.stage).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "pipeline '{name}' has no {} stage",
+                swap.stage.name()
+            ))
+        })?;
+        if let Some(reference) = &swap.component {
+            let object =
+                spec::find(&self.store, Kind::Component, reference).map_err(Error::refused)?;
+            stage.component = Pin::from(&object);
+        }
+        for (key, reference) in &swap.artifacts {
+            let object =
+                spec::find(&self.store, Kind::Artifact, reference).map_err(Error::refused)?;
+            stage.artifacts.insert(key.clone(), Pin::from(&object));
+        }
+        if let Some(config) = &swap.config {
+            stage.config = config.clone();
+        }
+        self.activate_spec(spec)
+    }
+
+    /// Make retained `version` of `name` the active one again.
+    pub fn rollback(&self, name: &str, version: u64) -> Result<Change, Error> {
+        let _change = self.changes.lock().unwrap();
+        let pipeline = self.get(name, Some(&version.to_string()))?;
+        self.activate(name, pipeline)
+    }
+
+    /// Stop serving `name` (its versions stay stored); V2 repository `unload`.
+    pub fn unload(&self, name: &str) -> Result<(), Error> {
+        let _change = self.changes.lock().unwrap();
+        let slot = self.slot(name)?;
+        self.store.set_active(name, None).map_err(Error::refused)?;
+        slot.active.store(None);
+        Ok(())
+    }
+
+    /// Serve `name` again at the version active before its unload; V2 repository `load`.
+    pub fn load(&self, name: &str) -> Result<Change, Error> {
+        let _change = self.changes.lock().unwrap();
+        let record = self
+            .store
+            .pipelines()
+            .map_err(Error::refused)?
+            .into_iter()
+            .find(|r| r.name == name);
+        let version = record
+            .and_then(|r| r.active.or(r.last_active))
+            .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+        let pipeline = self.get(name, Some(&version.to_string()))?;
+        self.activate(name, pipeline)
+    }
+
+    /// Load, warm up, record and activate `spec` as the next version; a no-op when it equals
+    /// the active version's spec.
+    fn activate_spec(&self, spec: PipelineSpec) -> Result<Change, Error> {
+        let slot = self.slots.read().unwrap().get(&spec.name).cloned();
+        if let Some(active) = slot.as_ref().and_then(|s| s.active.load_full())
+            && active.spec == spec
+        {
+            return Ok(Change {
+                pipeline: spec.name,
+                version: active.version.parse().unwrap_or(0),
+                created: false,
+            });
+        }
+        let next = self
+            .store
+            .versions(&spec.name)
+            .map_err(Error::refused)?
+            .last()
+            .map_or(1, |v| v.version + 1);
+        let pipeline =
+            Pipeline::load(&self.engine, &self.store, &spec, next).map_err(Error::refused)?;
+        pipeline.warm_up().map_err(|e| {
+            Error::InvalidInput(format!(
+                "pipeline '{}' failed its warm-up call: {e}",
+                spec.name
+            ))
+        })?;
+        let pins = spec.pins(&self.store).map_err(Error::refused)?;
+        let spec_json =
+            serde_json::to_string(&spec).map_err(|e| Error::StageFailed(e.to_string()))?;
+        let version = self
+            .store
+            .add_version(
+                &spec.name,
+                &spec_json,
+                &pins.iter().collect::<Vec<_>>(),
+                true,
+            )
+            .map_err(Error::refused)?;
+        debug_assert_eq!(
+            version, next,
+            "changes are serialized, so the store numbers alike"
+        );
+        let pipeline = Arc::new(pipeline);
+        let slot = self
+            .slots
+            .write()
+            .unwrap()
+            .entry(spec.name.clone())
+            .or_default()
+            .clone();
+        slot.versions
+            .write()
+            .unwrap()
+            .insert(version, pipeline.clone());
+        slot.active.store(Some(pipeline));
+        tracing::info!(pipeline = %spec.name, version, "activated new version");
+        Ok(Change {
+            pipeline: spec.name,
+            version,
+            created: true,
+        })
+    }
+
+    /// Warm up a retained version, record it as active, and swap the pointer.
+    fn activate(&self, name: &str, pipeline: Arc<Pipeline>) -> Result<Change, Error> {
+        pipeline.warm_up().map_err(|e| {
+            Error::InvalidInput(format!(
+                "pipeline '{name}' v{} failed its warm-up call: {e}",
+                pipeline.version
+            ))
+        })?;
+        let version: u64 = pipeline.version.parse().unwrap_or(0);
+        self.store
+            .set_active(name, Some(version))
+            .map_err(Error::refused)?;
+        self.slot(name)?.active.store(Some(pipeline));
+        tracing::info!(pipeline = name, version, "activated retained version");
+        Ok(Change {
+            pipeline: name.to_owned(),
+            version,
+            created: false,
+        })
+    }
+}
