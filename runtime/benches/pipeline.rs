@@ -4,14 +4,16 @@
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir::engine::Engine;
 use weir::http::inference::infer;
-use weir::pipeline::Pipeline;
+use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
+use weir::store::Store;
 
 const REQUEST: &str = r#"{"id":"bench","inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
 
@@ -142,9 +144,12 @@ impl PlainIris {
 }
 
 fn bench(c: &mut Criterion) {
-    let engine = Engine::new(None).unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(data_dir.path()).unwrap());
+    let registry = Registry::open(Engine::new(None).unwrap(), store).unwrap();
     let manifest = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
-    let pipeline = Pipeline::load(&engine, &manifest, "1").unwrap();
+    registry.deploy(&manifest).unwrap();
+    let pipeline = registry.get("iris", None).unwrap();
     let plain = PlainIris::load();
 
     let weir_out: Value =

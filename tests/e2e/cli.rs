@@ -53,20 +53,27 @@ fn serve_with_a_missing_manifest_fails_naming_it() {
 }
 
 /// `weir serve` on an ephemeral port, killed when dropped.
-struct Served {
+pub struct Served {
     child: Child,
     addr: String,
     /// The server's JSON log records, as they come.
     logs: mpsc::Receiver<Value>,
+    /// The records logged before it listened.
+    startup: Vec<Value>,
 }
 
 impl Served {
     fn start(data_dir: &Path, manifest: &Path) -> Served {
+        Served::start_with(data_dir, &[manifest])
+    }
+
+    /// Serve `data_dir` with `manifests` (none: what the store holds).
+    fn start_with(data_dir: &Path, manifests: &[&Path]) -> Served {
         let mut child = weir()
             .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
-            .arg(manifest)
+            .args(manifests)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -83,14 +90,20 @@ impl Served {
             child,
             addr: String::new(),
             logs,
+            startup: Vec::new(),
         };
-        let listening = served.wait_for_log(|r| r["addr"].is_string());
+        let mut startup = Vec::new();
+        let listening = served.wait_for_log(|r| {
+            startup.push(r.clone());
+            r["addr"].is_string()
+        });
         served.addr = listening["addr"].as_str().unwrap().to_owned();
+        served.startup = startup;
         served
     }
 
     /// The first log record (from now on) that satisfies `wanted`.
-    fn wait_for_log(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+    fn wait_for_log(&self, mut wanted: impl FnMut(&Value) -> bool) -> Value {
         loop {
             let record = self
                 .logs
@@ -214,4 +227,228 @@ fn component_log_lines_reach_the_server_log_with_stage_component_and_version() {
     assert_eq!(record["stage"], "model");
     assert_eq!(record["component"], "faulty-stage");
     assert_eq!(record["version"], "0.1.0");
+}
+
+fn flipped_weights_file(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("examples/iris/logistic_regression.json"))
+        .unwrap();
+    let mut weights: Value = serde_json::from_str(&text).unwrap();
+    for row in weights["coef"].as_array_mut().unwrap() {
+        for w in row.as_array_mut().unwrap() {
+            *w = json!(-w.as_f64().unwrap());
+        }
+    }
+    let path = dir.join("flipped.json");
+    std::fs::write(&path, weights.to_string()).unwrap();
+    path
+}
+
+/// Run a `weir` management command against `served`; its stdout, or its stderr on failure.
+fn manage(served: &Served, data_dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = weir()
+        .args(args)
+        .args(["--server", &format!("http://{}", served.addr), "--data-dir"])
+        .arg(data_dir)
+        .env_remove("WEIR_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8(out.stderr).unwrap())
+    }
+}
+
+#[test]
+fn the_cli_pushes_deploys_swaps_lists_and_rolls_back() {
+    let data = tempfile::tempdir().unwrap();
+    let iris_manifest = repo_root().join("examples/iris/pipeline.toml");
+    let served = Served::start(data.path(), &iris_manifest);
+    let dir = data.path();
+    let manifest = iris_manifest.to_str().unwrap();
+    let out = manage(&served, dir, &["deploy", manifest]).unwrap();
+    assert!(out.contains("iris serves version 1"), "{out}");
+    let flipped = flipped_weights_file(dir);
+    let out = manage(
+        &served,
+        dir,
+        &[
+            "push",
+            "artifact",
+            "iris-flipped@1.0.0",
+            flipped.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        out.contains("pushed artifact iris-flipped@1.0.0 (sha256-"),
+        "{out}"
+    );
+    let out = manage(
+        &served,
+        dir,
+        &[
+            "swap",
+            "iris",
+            "--stage",
+            "model",
+            "--artifact",
+            "model=iris-flipped@1.0.0",
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("iris now serves version 2 (new)"), "{out}");
+    let out = manage(&served, dir, &["versions", "iris"]).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].starts_with("*") && lines[1].contains("model=logistic-regression@0.1.0"),
+        "{out}"
+    );
+    let out = manage(&served, dir, &["rollback", "iris", "1"]).unwrap();
+    assert!(out.contains("iris serves version 1"), "{out}");
+    let status: Value = serde_json::from_str(&manage(&served, dir, &["status"]).unwrap()).unwrap();
+    assert_eq!(status["pipelines"][0]["active"], 1);
+    assert_eq!(status["pipelines"][0]["versions"], json!([1, 2]));
+    let err = manage(
+        &served,
+        dir,
+        &[
+            "swap",
+            "iris",
+            "--stage",
+            "model",
+            "--component",
+            "nope@1.0.0",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("404") && err.contains("no component nope@1.0.0"),
+        "{err}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let err = manage(&served, elsewhere.path(), &["status"]).unwrap_err();
+    assert!(err.contains("no admin token"), "{err}");
+    for command in ["push", "deploy", "swap", "rollback", "versions", "status"] {
+        let out = weir().args([command, "--help"]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success()
+                && text.contains("--server")
+                && text.contains("--admin-token-file"),
+            "{command}: {text}"
+        );
+    }
+}
+
+#[test]
+fn after_kill_9_during_swaps_a_restart_serves_the_last_completed_version_without_recompiling() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let mut served = Served::start(dir, &repo_root().join("examples/iris/pipeline.toml"));
+    let flipped = flipped_weights_file(dir);
+    manage(
+        &served,
+        dir,
+        &[
+            "push",
+            "artifact",
+            "iris-flipped@1.0.0",
+            flipped.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
+    let base = format!("http://{}", served.addr);
+    let original = {
+        let (_, listed): (u16, Value) = {
+            let r = reqwest::blocking::Client::new()
+                .get(format!("{base}/v1/artifacts"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap();
+            (r.status().as_u16(), r.json().unwrap())
+        };
+        let a = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "iris.model")
+            .unwrap()
+            .clone();
+        format!("iris.model@{}", a["version"].as_str().unwrap())
+    };
+    // Swap back and forth until the kill; remember the last version acknowledged.
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let swapper = {
+        let acknowledged = acknowledged.clone();
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            for i in 0.. {
+                let artifact = if i % 2 == 0 {
+                    "iris-flipped@1.0.0"
+                } else {
+                    original.as_str()
+                };
+                let body = json!({ "stage": "model", "artifacts": { "model": artifact } });
+                let Ok(response) = client
+                    .post(format!("{base}/v1/pipelines/iris/swap"))
+                    .bearer_auth(&token)
+                    .body(body.to_string())
+                    .send()
+                else {
+                    return;
+                };
+                let Ok(change) = response.json::<Value>() else {
+                    return;
+                };
+                acknowledged.store(
+                    change["version"].as_u64().unwrap(),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
+        })
+    };
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 500;
+    std::thread::sleep(Duration::from_millis(300 + u64::from(jitter)));
+    served.child.kill().unwrap(); // SIGKILL
+    served.child.wait().unwrap();
+    swapper.join().unwrap();
+    let acknowledged = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(acknowledged > 1, "no swap completed before the kill");
+
+    let restarted = Served::start_with(dir, &[]);
+    let compiled: Vec<&Value> = restarted
+        .startup
+        .iter()
+        .filter(|r| r["message"] == "compiled component")
+        .collect();
+    assert!(compiled.is_empty(), "the restart recompiled: {compiled:?}");
+    let versions: Value =
+        serde_json::from_str(&manage(&restarted, dir, &["status"]).unwrap()).unwrap();
+    let active = versions["pipelines"][0]["active"].as_u64().unwrap();
+    assert!(
+        active == acknowledged || active == acknowledged + 1,
+        "active {active} after the last acknowledged swap to {acknowledged}"
+    );
+    let answer: Value = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v2/models/iris/infer", restarted.addr))
+        .body(r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["model_version"], active.to_string());
+    // Odd versions serve the original weights (setosa for this row), even ones the flipped.
+    let label = answer["outputs"][0]["data"][0].as_str().unwrap();
+    assert_eq!(
+        label == "setosa",
+        active % 2 == 1,
+        "version {active} answered {label}"
+    );
 }

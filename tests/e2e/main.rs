@@ -6,3 +6,4 @@ mod faults;
 mod iris;
 mod protocol;
 mod support;
+mod versions;

@@ -44,6 +44,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/repository/models/{name}/unload", post(unload))
 }
 
+/// Decode a JSON body whatever its Content-Type (the CLI and curl users rarely set one).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidInput(format!("invalid JSON body: {e}")))
+}
+
 /// Run a management operation on the blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
@@ -218,8 +223,9 @@ async fn versions(
 async fn swap(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Json(swap): Json<Swap>,
+    body: Bytes,
 ) -> Result<Json<Value>, Error> {
+    let swap: Swap = json_body(&body)?;
     let registry = app.registry.clone();
     let change = blocking(move || registry.swap(&name, &swap)).await?;
     Ok(Json(json!(change)))
@@ -233,8 +239,9 @@ struct Rollback {
 async fn rollback(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Json(rollback): Json<Rollback>,
+    body: Bytes,
 ) -> Result<Json<Value>, Error> {
+    let rollback: Rollback = json_body(&body)?;
     let registry = app.registry.clone();
     let change = blocking(move || registry.rollback(&name, rollback.version)).await?;
     Ok(Json(json!(change)))

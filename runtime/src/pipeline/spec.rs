@@ -173,9 +173,10 @@ pub fn push_component(
     version: &Version,
     bytes: &[u8],
 ) -> anyhow::Result<(Object, bool)> {
-    let component = engine.compile(&crate::digest(bytes), || Ok(bytes.to_vec()))?;
-    let worlds = crate::engine::host::fitting_worlds(engine.wasmtime(), &component)
-        .with_context(|| format!("component {name}@{version}"))?;
+    let checked = engine
+        .compile(&crate::digest(bytes), || Ok(bytes.to_vec()))
+        .and_then(|component| crate::engine::host::fitting_worlds(engine.wasmtime(), &component));
+    let worlds = checked.with_context(|| format!("component {name}@{version}"))?;
     store.put(Kind::Component, name, version, &worlds.join(","), bytes)
 }
 
