@@ -30,7 +30,12 @@ const FAULTS: &[(&str, u16, &[&str])] = &[
     (
         "panic",
         500,
-        &["stage 'model' (faulty-stage@0.1.0) trapped", "unreachable"],
+        &[
+            "stage 'model' (faulty-stage@0.1.0) trapped",
+            "unreachable",
+            "its stderr ends: thread '<unnamed>'",
+            "faulty-stage panics as configured",
+        ],
     ),
     (
         "grow",
@@ -132,6 +137,20 @@ fn a_component_importing_outside_its_world_is_refused_naming_the_import() {
     );
     assert!(message.contains("stage 'preprocess'"), "{message}");
     assert!(message.contains("weir:pipeline/artifacts"), "{message}");
+}
+
+#[test]
+fn a_component_reaching_for_files_or_sockets_is_refused_naming_the_imports() {
+    let message = load_error(
+        "name = \"p\"\n[model]\ncomponent = \"greedy-stage@0.1.0\"\npath = \"greedy_stage.wasm\"\n",
+    );
+    for import in [
+        "wasi:filesystem/types@0.2",
+        "wasi:sockets/tcp@0.2",
+        "does not offer",
+    ] {
+        assert!(message.contains(import), "'{message}' lacks {import}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::output::{GuestOutput, Stream};
 use crate::tensor;
 
 /// Host bindings generated from `wit/`. The `model` world imports the most of the three
@@ -71,16 +72,25 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryCap,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
 }
 
 impl HostState {
     /// State for a fresh instance of `stage`, allowed `memory_cap` bytes of linear memory.
     pub fn new(stage: Arc<StageIdentity>, memory_cap: usize) -> HostState {
+        let stdout = GuestOutput::new(stage.clone(), Stream::Stdout);
+        let stderr = GuestOutput::new(stage.clone(), Stream::Stderr);
         HostState {
             stage,
             // No preopened directories, no environment, no arguments, no network: a stage
-            // sees only what its WIT world passes it.
-            wasi: WasiCtx::builder().build(),
+            // sees only what its WIT world passes it. Its stdout and stderr go to the log.
+            wasi: WasiCtx::builder()
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
+                .build(),
+            stdout,
+            stderr,
             table: ResourceTable::new(),
             limiter: MemoryCap {
                 cap: memory_cap,
@@ -92,6 +102,18 @@ impl HostState {
     /// Whether the instance tried to grow past its memory cap.
     pub fn memory_cap_exceeded(&self) -> bool {
         self.limiter.exceeded
+    }
+
+    /// The end of what the instance wrote to stderr (a panic message, say).
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.tail()
+    }
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        self.stdout.finish();
+        self.stderr.finish();
     }
 }
 
@@ -120,14 +142,69 @@ pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Link
     Ok(linker)
 }
 
+/// The WASI interfaces a stage may import. Rust's standard library (and other languages'
+/// runtimes) import these for stdio, exit, environment, clocks and randomness; the host links
+/// them with nothing granted: empty environment and arguments, stdout and stderr into the log.
+/// Filesystem, sockets, HTTP and anything else are refused.
+const WASI_ALLOWED: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+];
+
+/// Refuse a component that imports anything `kind`'s world does not offer, naming every such
+/// import: capabilities are checked here, before any linking.
+pub fn check_imports(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+    kind: StageKind,
+) -> anyhow::Result<()> {
+    let offered = |interface: &str| {
+        WASI_ALLOWED.contains(&interface)
+            || interface == "weir:pipeline/types"
+            || interface == "weir:pipeline/log"
+            || (kind == StageKind::Model && interface == "weir:pipeline/artifacts")
+    };
+    let refused: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !offered(name.split('@').next().unwrap_or(name)))
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        refused.is_empty(),
+        "it imports {}, which the {} world does not offer",
+        refused.join(", "),
+        kind.world()
+    );
+    Ok(())
+}
+
 /// The stage worlds `component` fits, narrowest imports first: `preprocessor`, `model`,
 /// `postprocessor` when it needs nothing but `log`; only `model` when it reads artifacts.
-/// An error names the import no world offers, or the missing `stage` export.
+/// An error names the imports no world offers, or the missing `stage` export.
 pub fn fitting_worlds(
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
 ) -> anyhow::Result<Vec<&'static str>> {
     let fits = |kind: StageKind| -> anyhow::Result<()> {
+        check_imports(engine, component, kind)?;
         let pre = linker(engine, kind)?
             .instantiate_pre(component)
             .map_err(anyhow::Error::from)?;

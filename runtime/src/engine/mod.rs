@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod host;
+mod output;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

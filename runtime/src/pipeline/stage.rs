@@ -52,18 +52,21 @@ impl Stage {
         let digest = pinned.component.digest.clone();
         let kind = identity.kind;
         let component = engine.compile(&digest, || store.blob(&digest))?;
+        let refusal = || {
+            format!(
+                "{} does not fit the {} stage (WIT world `{}`)",
+                identity.component,
+                kind.name(),
+                kind.world()
+            )
+        };
+        crate::engine::host::check_imports(engine.wasmtime(), &component, kind)
+            .with_context(refusal)?;
         let linker = crate::engine::host::linker(engine.wasmtime(), kind)?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!(
-                    "{} does not fit the {} stage (WIT world `{}`)",
-                    identity.component,
-                    kind.name(),
-                    kind.world()
-                )
-            })?;
+            .with_context(refusal)?;
         let pre = ModelPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {
@@ -122,12 +125,15 @@ impl Stage {
                 "{} failed: {msg}",
                 self.describe()
             ))),
-            Err(e) => Err(self.trap_error(e, store.data().memory_cap_exceeded())),
+            Err(e) => {
+                let state = store.data();
+                Err(self.trap_error(e, state.memory_cap_exceeded(), &state.stderr_tail()))
+            }
         }
     }
 
     /// Classify a trap: deadline (504), memory cap or anything else (500).
-    fn trap_error(&self, error: wasmtime::Error, memory_exceeded: bool) -> Error {
+    fn trap_error(&self, error: wasmtime::Error, memory_exceeded: bool, stderr: &str) -> Error {
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return Error::StageTimeout(format!(
                 "{} exceeded its deadline of {} ms",
@@ -143,7 +149,12 @@ impl Stage {
             ));
         }
         let error = anyhow::Error::from(error);
-        Error::StageFailed(format!("{} trapped: {error:#}", self.describe()))
+        let trap = error.root_cause().to_string();
+        let mut message = format!("{} trapped: {trap}", self.describe());
+        if !stderr.is_empty() {
+            message.push_str(&format!("; its stderr ends: {stderr}"));
+        }
+        Error::StageFailed(message)
     }
 
     /// "stage 'model' (logistic-regression@0.1.0)", for error messages.
