@@ -30,9 +30,12 @@ pub enum Error {
     /// A stage ran past its deadline (504).
     #[error("{0}")]
     StageTimeout(String),
-    /// The server cannot take the request now (503).
+    /// The model cannot take the request now: unloaded (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The server is at capacity; the client should retry after a pause (503, `Retry-After`).
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl Error {
@@ -60,7 +63,7 @@ impl Error {
             Error::BodyTooLarge(_) => 413,
             Error::StageFailed(_) => 500,
             Error::NotSupported(_) => 501,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::Overloaded(_) => 503,
             Error::StageTimeout(_) => 504,
         }
     }

@@ -8,6 +8,7 @@ use std::thread;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use weir::engine::Engine;
+use weir::http::admission::Admission;
 use weir::http::{self, AppState};
 use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
@@ -42,9 +43,14 @@ pub fn iris() -> Manifest {
 /// extra manifest text (e.g. a `[limits]` table). It misbehaves only on requests with the
 /// parameter `fault`, so it passes its warm-up.
 pub fn faulty(name: &str, mode: &str, extra: &str) -> Manifest {
+    faulty_with(name, &format!("mode = \"{mode}\""), extra)
+}
+
+/// [`faulty`] with more config fields (`mode = "busy", ms = 400`).
+pub fn faulty_with(name: &str, config: &str, extra: &str) -> Manifest {
     let text = format!(
         "name = \"{name}\"\n{extra}\n[model]\ncomponent = \"faulty-stage@0.1.0\"\n\
-         path = \"faulty_stage.wasm\"\nconfig = {{ mode = \"{mode}\", on_request = true }}\n"
+         path = \"faulty_stage.wasm\"\nconfig = {{ {config}, on_request = true }}\n"
     );
     Manifest::parse(&text, Path::new(env!("WEIR_TEST_COMPONENTS"))).expect("faulty manifest")
 }
@@ -60,6 +66,25 @@ pub fn registry(manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
     (registry, dir)
 }
 
+/// Server options a test may change.
+pub struct Options {
+    pub max_body_bytes: usize,
+    pub max_concurrency: usize,
+    pub max_queue: usize,
+    pub inference_token: Option<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_body_bytes: 64 << 20,
+            max_concurrency: 4,
+            max_queue: 256,
+            inference_token: None,
+        }
+    }
+}
+
 /// A running in-process server, stopped when dropped.
 pub struct TestServer {
     pub base: String,
@@ -71,18 +96,31 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Serve `manifests` with the default body limit.
+    /// Serve `manifests` with default options.
     pub fn start(manifests: &[Manifest]) -> TestServer {
-        TestServer::with_body_limit(manifests, 64 << 20)
+        TestServer::with_options(manifests, Options::default())
     }
 
     /// Serve `manifests`, refusing bodies over `max_body_bytes`.
     pub fn with_body_limit(manifests: &[Manifest], max_body_bytes: usize) -> TestServer {
+        TestServer::with_options(
+            manifests,
+            Options {
+                max_body_bytes,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Serve `manifests` with `options`.
+    pub fn with_options(manifests: &[Manifest], options: Options) -> TestServer {
         let (registry, data_dir) = self::registry(manifests);
         let state = AppState {
             registry: registry.clone(),
-            max_body_bytes,
+            max_body_bytes: options.max_body_bytes,
             admin_token: Arc::from(TOKEN),
+            inference_token: options.inference_token.map(Arc::from),
+            admission: Arc::new(Admission::new(options.max_concurrency, options.max_queue)),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -96,9 +134,14 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = thread::spawn(move || {
             runtime
-                .block_on(http::serve(listener, state, async {
-                    let _ = stopped.await;
-                }))
+                .block_on(http::serve(
+                    listener,
+                    state,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    std::time::Duration::from_secs(5),
+                ))
                 .unwrap();
         });
         TestServer {

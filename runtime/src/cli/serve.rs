@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::engine::Engine;
+use crate::http::admission::Admission;
 use crate::http::auth::{self, TokenSource};
 use crate::http::{self, AppState};
 use crate::pipeline::Registry;
@@ -35,6 +36,27 @@ pub struct ServeArgs {
     /// start into DATA_DIR/admin-token (readable only by its owner), where the CLI looks.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// Most requests running their stages at once; more wait in the queue. Stages are
+    /// CPU-bound, so more than about two per core adds latency, not throughput.
+    /// Default: twice the number of cores.
+    #[arg(long, env = "WEIR_MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+
+    /// Most requests waiting for a turn; beyond it the server answers 503 with Retry-After at
+    /// once instead of queueing without bound.
+    #[arg(long, default_value_t = 256, env = "WEIR_MAX_QUEUE")]
+    pub max_queue: usize,
+
+    /// File holding a bearer token that inference requests must carry. Without it, inference
+    /// is open (health and metadata always are, for probes).
+    #[arg(long, value_name = "FILE")]
+    pub inference_token_file: Option<PathBuf>,
+
+    /// How long, after SIGTERM or SIGINT, in-flight requests may take to finish before the
+    /// server exits anyway.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub shutdown_timeout: u64,
 
     /// Pipeline manifests (pipeline.toml) to deploy, e.g. examples/iris/pipeline.toml.
     /// Deploying one that matches the active version again is a no-op.
@@ -76,10 +98,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         TokenSource::Environment => tracing::info!("admin token from WEIR_ADMIN_TOKEN"),
         TokenSource::Generated(path) => tracing::info!("admin token in {}", path.display()),
     }
+    let inference_token = match &args.inference_token_file {
+        Some(file) => Some(Arc::from(auth::read_token(file)?)),
+        None => None,
+    };
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let concurrency = args.max_concurrency.unwrap_or(2 * cores);
     let state = AppState {
         registry,
         max_body_bytes: args.max_body_bytes,
         admin_token: Arc::from(token),
+        inference_token,
+        admission: Arc::new(Admission::new(concurrency, args.max_queue)),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -89,7 +119,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let ready_ms = started.elapsed().as_millis() as u64;
         tracing::info!(%addr, ready_ms, "listening on http://{addr}");
-        http::serve(listener, state, shutdown_signal()).await?;
+        http::serve(
+            listener,
+            state,
+            shutdown_signal(),
+            Duration::from_secs(args.shutdown_timeout),
+        )
+        .await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

@@ -80,20 +80,40 @@ pub async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let given = request
+    if !bearer_matches(&request, &app.admin_token) {
+        return Err(Error::Unauthorized(
+            "management routes need `Authorization: Bearer <admin token>` (see weir serve --help)"
+                .into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// Middleware: when the server has an inference token, let inference through only with it.
+pub async fn require_inference(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    if let Some(token) = &app.inference_token
+        && !bearer_matches(&request, token)
+    {
+        return Err(Error::Unauthorized(
+            "inference needs `Authorization: Bearer <inference token>` (weir serve --inference-token-file)"
+                .into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`.
+fn bearer_matches(request: &Request, token: &str) -> bool {
+    request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) => {
-            Ok(next.run(request).await)
-        }
-        _ => Err(Error::Unauthorized(
-            "management routes need `Authorization: Bearer <admin token>` (see weir serve --help)"
-                .into(),
-        )),
-    }
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 /// Compare without an early exit, so timing does not reveal how much of a guess was right.

@@ -21,8 +21,19 @@ use crate::protocol;
 /// The `platform` reported in model metadata.
 pub const PLATFORM: &str = "weir_wasm_pipeline";
 
-/// The V2 routes.
-pub fn routes() -> Router<AppState> {
+/// The V2 routes; inference needs the inference token when the server has one (health and
+/// metadata stay open for probes).
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let infer = Router::new()
+        .route("/v2/models/{model}/infer", post(infer_route))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_route),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::require_inference,
+        ));
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -34,11 +45,7 @@ pub fn routes() -> Router<AppState> {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready),
         )
-        .route("/v2/models/{model}/infer", post(infer_route))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer_route),
-        )
+        .merge(infer)
 }
 
 /// `{model}` and the optional `{version}` of a model route.
@@ -119,12 +126,12 @@ async fn infer_route(
         None => None,
     };
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
-    // Stages run on the blocking pool: a stage may run up to its deadline, and WASI's
-    // synchronous host calls (a guest writing to stderr) must not run on an async worker.
-    let response =
-        tokio::task::spawn_blocking(move || infer(&pipeline, &body, header_length.as_deref()))
-            .await
-            .map_err(|e| Error::StageFailed(format!("the request's worker failed: {e}")))??;
+    // Stages run on the blocking pool, as many at once as admission allows: a stage may run
+    // up to its deadline, and WASI's synchronous host calls must not run on an async worker.
+    let response = app
+        .admission
+        .run(move || infer(&pipeline, &body, header_length.as_deref()))
+        .await?;
     Ok(match response.header_length {
         None => ([(header::CONTENT_TYPE, "application/json")], response.body).into_response(),
         Some(length) => (
@@ -149,7 +156,16 @@ pub fn infer(
     body: &[u8],
     header_length: Option<&str>,
 ) -> Result<protocol::Response, Error> {
-    let mut request = protocol::decode_request(body, header_length)?;
+    let limits = &pipeline.spec.limits;
+    if let Some(mib) = limits.max_body_mib
+        && body.len() as u64 > mib << 20
+    {
+        return Err(Error::BodyTooLarge(format!(
+            "request body is over pipeline '{}''s limit of {mib} MiB (limits.max_body_mib)",
+            pipeline.name
+        )));
+    }
+    let mut request = protocol::decode_request(body, header_length, limits.max_tensor_elements)?;
     let batch = pipeline.infer(std::mem::take(&mut request.batch))?;
     let outputs = protocol::select_outputs(&batch.tensors, &request)?;
     protocol::encode_response(

@@ -2,15 +2,17 @@
 //! and the status code each [`Error`] maps to.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod inference;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -26,6 +28,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The bearer token the management routes require.
     pub admin_token: Arc<str>,
+    /// The bearer token inference routes require, if any.
+    pub inference_token: Option<Arc<str>>,
+    /// The bound on requests running and waiting.
+    pub admission: Arc<admission::Admission>,
 }
 
 /// The router for every route this server answers.
@@ -35,7 +41,7 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         auth::require_admin,
     ));
-    inference::routes()
+    inference::routes(&state)
         .merge(admin)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -43,15 +49,29 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `state` on `listener` until `shutdown` completes, then finish in-flight requests.
+/// Serve `state` on `listener` until `shutdown` completes; then stop accepting and let
+/// in-flight requests finish, for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    });
+    tokio::select! {
+        result = server => result,
+        _ = async {
+            let _ = stopped.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time");
+            Ok(())
+        }
+    }
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> Error {
@@ -67,6 +87,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+        let retry = matches!(self, Error::Overloaded(_)).then_some([(header::RETRY_AFTER, "1")]);
+        (
+            status,
+            retry,
+            axum::Json(json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }

@@ -135,6 +135,16 @@ pub struct Limits {
     pub memory_mib: u64,
     /// Wall-clock time per stage call, ms, checked every epoch tick (10 ms).
     pub stage_timeout_ms: u64,
+    /// Most elements in one input tensor, checked from its shape before any data is copied.
+    /// 16,777,216 is 64 MiB of FP32.
+    pub max_tensor_elements: u64,
+    /// Most tensor bytes a stage may hand on, MiB: a runaway output fails its request instead
+    /// of the server's memory.
+    pub max_output_mib: u64,
+    /// Largest request body for this pipeline, MiB (the server's `--max-body-bytes` bounds
+    /// every pipeline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_mib: Option<u64>,
 }
 
 impl Default for Limits {
@@ -142,6 +152,9 @@ impl Default for Limits {
         Limits {
             memory_mib: 64,
             stage_timeout_ms: 1000,
+            max_tensor_elements: 1 << 24,
+            max_output_mib: 16,
+            max_body_mib: None,
         }
     }
 }

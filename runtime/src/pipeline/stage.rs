@@ -22,6 +22,7 @@ pub struct Stage {
     /// The manifest's config for this stage, as the JSON text handed to every call.
     config: String,
     memory_cap: usize,
+    max_output_bytes: usize,
     deadline_ticks: u64,
     timeout_ms: u64,
 }
@@ -79,6 +80,7 @@ impl Stage {
             pre,
             config: serde_json::to_string(&pinned.config)?,
             memory_cap: usize::try_from(limits.memory_mib << 20)?,
+            max_output_bytes: usize::try_from(limits.max_output_mib << 20)?,
             // One tick more than the timeout: the first tick may come at once, and a stage
             // must get at least its full time.
             deadline_ticks: limits.stage_timeout_ms.div_ceil(tick_ms) + 1,
@@ -116,7 +118,7 @@ impl Stage {
                     .call_process(&mut store, &self.config, &input)
             });
         match outcome {
-            Ok(Ok(output)) => Ok(Batch::from(output)),
+            Ok(Ok(output)) => self.check_output(Batch::from(output)),
             Ok(Err(wit::StageError::InvalidInput(msg))) => Err(Error::InvalidInput(format!(
                 "{} rejected the input: {msg}",
                 self.describe()
@@ -130,6 +132,21 @@ impl Stage {
                 Err(self.trap_error(e, state.memory_cap_exceeded(), &state.stderr_tail()))
             }
         }
+    }
+
+    /// Refuse an output batch over the pipeline's `max_output_mib`.
+    fn check_output(&self, batch: Batch) -> Result<Batch, Error> {
+        let bytes: usize = batch.tensors.iter().map(|t| t.data.len()).sum();
+        if bytes > self.max_output_bytes {
+            return Err(Error::StageFailed(format!(
+                "{} produced {} MiB of tensors, over the pipeline's limit of {} MiB \
+                 (limits.max_output_mib)",
+                self.describe(),
+                bytes.div_ceil(1 << 20),
+                self.max_output_bytes >> 20
+            )));
+        }
+        Ok(batch)
     }
 
     /// Classify a trap: deadline (504), memory cap or anything else (500).

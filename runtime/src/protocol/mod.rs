@@ -70,8 +70,13 @@ pub struct Request {
 }
 
 /// Decode a request body. `header_length` is the `Inference-Header-Content-Length` header:
-/// the JSON part's length when binary tensors follow it.
-pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<Request, Error> {
+/// the JSON part's length when binary tensors follow it. An input of more than
+/// `max_elements` elements is refused before its data is decoded.
+pub fn decode_request(
+    body: &[u8],
+    header_length: Option<&str>,
+    max_elements: u64,
+) -> Result<Request, Error> {
     let (json_part, mut binary_part) = binary::split(body, header_length)?;
     let request: InferenceRequest = serde_json::from_slice(json_part)
         .map_err(|e| Error::InvalidInput(format!("invalid inference request JSON: {e}")))?;
@@ -84,7 +89,7 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<Reques
                 input.name
             )));
         }
-        tensors.push(decode_input(input, &mut binary_part)?);
+        tensors.push(decode_input(input, &mut binary_part, max_elements)?);
     }
     if !binary_part.is_empty() {
         return Err(Error::InvalidInput(format!(
@@ -127,7 +132,11 @@ fn parameter_string(value: Value) -> String {
     }
 }
 
-fn decode_input(input: RequestInput, binary_part: &mut &[u8]) -> Result<Tensor, Error> {
+fn decode_input(
+    input: RequestInput,
+    binary_part: &mut &[u8],
+    max_elements: u64,
+) -> Result<Tensor, Error> {
     let name = input.name;
     let invalid = |msg: String| Error::InvalidInput(format!("input '{name}': {msg}"));
     let datatype: Datatype = input.datatype.parse().map_err(invalid)?;
@@ -139,6 +148,12 @@ fn decode_input(input: RequestInput, binary_part: &mut &[u8]) -> Result<Tensor, 
         .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
     let count = element_count(&shape)
         .ok_or_else(|| invalid(format!("shape {shape:?} has too many elements")))?;
+    if count > max_elements {
+        return Err(invalid(format!(
+            "shape {shape:?} has {count} elements, over this pipeline's limit of {max_elements} \
+             (limits.max_tensor_elements)"
+        )));
+    }
     let data = match (input.parameters.get("binary_data_size"), input.data) {
         (Some(size), None) => {
             let size = size

@@ -4,7 +4,7 @@
 //! passes the warm-up call a deploy makes and fails later, under traffic.
 
 use serde::Deserialize;
-use weir_sdk::{Batch, Stage, StageError};
+use weir_sdk::{Batch, Stage, StageError, Tensor};
 
 struct FaultyStage;
 
@@ -23,6 +23,10 @@ enum Mode {
     InvalidInput,
     /// Report a failure (the host answers 500).
     Failure,
+    /// Spin for `ms` milliseconds, then echo: a slow but healthy stage.
+    Busy,
+    /// Return a tensor of `mib` MiB.
+    Huge,
 }
 
 #[derive(Deserialize)]
@@ -30,12 +34,16 @@ struct Config {
     mode: Mode,
     #[serde(default)]
     on_request: bool,
+    #[serde(default)]
+    ms: u64,
+    #[serde(default)]
+    mib: usize,
 }
 
 impl Stage for FaultyStage {
     type Config = Config;
 
-    fn process(config: Config, batch: Batch) -> Result<Batch, StageError> {
+    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
         let asked = !config.on_request || batch.parameter("fault").is_some();
         match config.mode {
             _ if !asked => Ok(batch),
@@ -62,6 +70,18 @@ impl Stage for FaultyStage {
             Mode::Failure => Err(StageError::Failure(
                 "faulty-stage fails as configured".into(),
             )),
+            Mode::Busy => {
+                let started = std::time::Instant::now();
+                while started.elapsed() < std::time::Duration::from_millis(config.ms) {
+                    std::hint::spin_loop();
+                }
+                Ok(batch)
+            }
+            Mode::Huge => {
+                let bytes = vec![7u8; config.mib << 20];
+                batch.push(Tensor::new("huge", vec![bytes.len() as u64], &bytes));
+                Ok(batch)
+            }
         }
     }
 }

@@ -1,0 +1,59 @@
+//! Admission control: at most `concurrency` requests run their stages at once, at most
+//! `queue` more wait for a turn, and any beyond that are answered 503 with `Retry-After` at
+//! once. Overload then costs a fast refusal, never an unbounded queue whose latency grows
+//! without limit.
+
+use tokio::sync::Semaphore;
+
+use crate::error::Error;
+
+/// The bounds on running and waiting requests.
+pub struct Admission {
+    /// Permits for running or waiting: `concurrency + queue`.
+    admitted: Semaphore,
+    /// Permits for running: `concurrency`.
+    running: Semaphore,
+    concurrency: usize,
+    queue: usize,
+}
+
+impl Admission {
+    /// Run at most `concurrency` at once, with at most `queue` waiting.
+    pub fn new(concurrency: usize, queue: usize) -> Admission {
+        let concurrency = concurrency.max(1);
+        Admission {
+            admitted: Semaphore::new(concurrency + queue),
+            running: Semaphore::new(concurrency),
+            concurrency,
+            queue,
+        }
+    }
+
+    /// Run blocking `work` when a turn comes, on the blocking pool; refuse at once when the
+    /// queue is full.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let _admitted = self.admitted.try_acquire().map_err(|_| {
+            Error::Overloaded(format!(
+                "server at capacity: {} requests running and {} waiting \
+                 (--max-concurrency, --max-queue); retry shortly",
+                self.concurrency, self.queue
+            ))
+        })?;
+        let _running = self
+            .running
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::StageFailed(format!("the request's worker failed: {e}")))?
+    }
+
+    /// Requests running or waiting now.
+    pub fn in_flight(&self) -> usize {
+        self.concurrency + self.queue - self.admitted.available_permits()
+    }
+}
