@@ -54,8 +54,8 @@ fn serve_with_a_missing_manifest_fails_naming_it() {
 
 /// `weir serve` on an ephemeral port, killed when dropped.
 pub struct Served {
-    child: Child,
-    addr: String,
+    pub child: Child,
+    pub addr: String,
     /// The server's JSON log records, as they come.
     logs: mpsc::Receiver<Value>,
     /// The records logged before it listened.
@@ -63,12 +63,12 @@ pub struct Served {
 }
 
 impl Served {
-    fn start(data_dir: &Path, manifest: &Path) -> Served {
+    pub fn start(data_dir: &Path, manifest: &Path) -> Served {
         Served::start_with(data_dir, &[manifest])
     }
 
     /// Serve `data_dir` with `manifests` (none: what the store holds).
-    fn start_with(data_dir: &Path, manifests: &[&Path]) -> Served {
+    pub fn start_with(data_dir: &Path, manifests: &[&Path]) -> Served {
         let mut child = weir()
             .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -103,7 +103,7 @@ impl Served {
     }
 
     /// The first log record (from now on) that satisfies `wanted`.
-    fn wait_for_log(&self, mut wanted: impl FnMut(&Value) -> bool) -> Value {
+    pub fn wait_for_log(&self, mut wanted: impl FnMut(&Value) -> bool) -> Value {
         loop {
             let record = self
                 .logs

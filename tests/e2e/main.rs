@@ -4,6 +4,7 @@
 mod cli;
 mod faults;
 mod iris;
+mod lifecycle;
 mod limits;
 mod protocol;
 mod support;

@@ -291,3 +291,109 @@ pub fn encode_response(
         header_length: Some(header_length),
     })
 }
+
+/// Property tests: no body, however malformed, panics the decoder or gets anything but a 400;
+/// and every well-formed tensor survives the round trip.
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Datatype names, valid and not.
+    fn datatype() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(Datatype::ALL.map(|d| d.name()).to_vec())
+                .prop_map(String::from),
+            "[A-Z0-9]{0,6}",
+        ]
+    }
+
+    /// Arbitrary JSON, nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn shape() -> impl Strategy<Value = Vec<i64>> {
+        proptest::collection::vec(
+            prop_oneof![-3i64..6, Just(1i64 << 40), Just(i64::MAX), Just(i64::MIN)],
+            0..5,
+        )
+    }
+
+    fn assert_client_error(result: Result<Request, Error>) {
+        if let Err(e) = result {
+            assert!(matches!(e, Error::InvalidInput(_)), "not a 400: {e:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256),
+                                       header in proptest::option::of("[0-9]{0,4}|-1|x")) {
+            assert_client_error(decode_request(&body, header.as_deref(), 1 << 24));
+        }
+
+        #[test]
+        fn arbitrary_inputs_get_a_400_or_decode(name in ".{0,8}", datatype in datatype(),
+                                                shape in shape(), data in json_value(),
+                                                parameters in json_value()) {
+            let body = json!({ "inputs": [{ "name": name, "datatype": datatype, "shape": shape,
+                                            "data": data, "parameters": parameters }] });
+            assert_client_error(decode_request(body.to_string().as_bytes(), None, 1 << 24));
+        }
+
+        #[test]
+        fn binary_sections_of_any_size_get_a_400_or_decode(
+            size in prop_oneof![0u64..64, Just(u64::MAX)], datatype in datatype(),
+            shape in shape(), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let header = json!({ "inputs": [{ "name": "x", "datatype": datatype, "shape": shape,
+                                              "parameters": { "binary_data_size": size } }] })
+                .to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend(tail);
+            assert_client_error(decode_request(&body, Some(&header.len().to_string()), 1 << 24));
+        }
+
+        #[test]
+        fn integers_round_trip(values in proptest::collection::vec(any::<i32>(), 1..16)) {
+            let body = json!({ "inputs": [{ "name": "x", "datatype": "INT32",
+                                            "shape": [values.len()], "data": values }] });
+            let request = decode_request(body.to_string().as_bytes(), None, 1 << 24).unwrap();
+            let tensor = &request.batch.tensors[0];
+            let decoded: Vec<i32> = tensor.data.chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect();
+            prop_assert_eq!(decoded, values);
+        }
+
+        #[test]
+        fn strings_round_trip_through_encode(items in proptest::collection::vec(".{0,10}", 1..8)) {
+            let body = json!({ "inputs": [{ "name": "s", "datatype": "BYTES",
+                                            "shape": [items.len()], "data": items }] });
+            let request = decode_request(body.to_string().as_bytes(), None, 1 << 24).unwrap();
+            let selected = select_outputs(&request.batch.tensors, &request).unwrap();
+            let response = encode_response("m", "1", None, &selected).unwrap();
+            let answer: Value = serde_json::from_slice(&response.body).unwrap();
+            prop_assert_eq!(&answer["outputs"][0]["data"], &json!(items));
+        }
+    }
+}
