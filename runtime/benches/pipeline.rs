@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir::engine::Engine;
 use weir::http::inference::infer;
-use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
+use weir::pipeline::{Registry, Trace};
 use weir::store::Store;
 
 const REQUEST: &str = r#"{"id":"bench","inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
@@ -152,8 +152,12 @@ fn bench(c: &mut Criterion) {
     let pipeline = registry.get("iris", None).unwrap();
     let plain = PlainIris::load();
 
-    let weir_out: Value =
-        serde_json::from_slice(&infer(&pipeline, REQUEST.as_bytes(), None).unwrap().body).unwrap();
+    let weir_out: Value = serde_json::from_slice(
+        &infer(&pipeline, REQUEST.as_bytes(), None, &mut Trace::default())
+            .unwrap()
+            .body,
+    )
+    .unwrap();
     let plain_out: Value = serde_json::from_slice(&plain.infer_json(REQUEST.as_bytes())).unwrap();
     assert_eq!(
         weir_out["outputs"][0], plain_out["outputs"][0],
@@ -165,7 +169,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| plain.infer_json(REQUEST.as_bytes()))
     });
     group.bench_function("weir_pipeline", |b| {
-        b.iter(|| infer(&pipeline, REQUEST.as_bytes(), None).unwrap().body)
+        b.iter(|| {
+            infer(&pipeline, REQUEST.as_bytes(), None, &mut Trace::default())
+                .unwrap()
+                .body
+        })
     });
     group.finish();
 }

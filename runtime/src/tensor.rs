@@ -106,6 +106,34 @@ pub struct Tensor {
     pub data: Vec<u8>,
 }
 
+impl Tensor {
+    /// The elements of a numeric tensor widened to f64 (exact except for 64-bit integers
+    /// beyond 2^53); empty for BYTES and the half-precision floats.
+    pub fn numbers(&self) -> Vec<f64> {
+        macro_rules! widen {
+            ($ty:ty) => {
+                self.data
+                    .chunks_exact(std::mem::size_of::<$ty>())
+                    .map(|c| <$ty>::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect()
+            };
+        }
+        match self.datatype {
+            Datatype::Bool | Datatype::Uint8 => widen!(u8),
+            Datatype::Int8 => widen!(i8),
+            Datatype::Uint16 => widen!(u16),
+            Datatype::Int16 => widen!(i16),
+            Datatype::Uint32 => widen!(u32),
+            Datatype::Int32 => widen!(i32),
+            Datatype::Uint64 => widen!(u64),
+            Datatype::Int64 => widen!(i64),
+            Datatype::Fp32 => widen!(f32),
+            Datatype::Fp64 => widen!(f64),
+            Datatype::Fp16 | Datatype::Bf16 | Datatype::Bytes => Vec::new(),
+        }
+    }
+}
+
 /// Named tensors plus the request's parameters, as strings: what flows through a pipeline.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {

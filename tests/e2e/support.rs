@@ -121,6 +121,8 @@ impl TestServer {
             admin_token: Arc::from(TOKEN),
             inference_token: options.inference_token.map(Arc::from),
             admission: Arc::new(Admission::new(options.max_concurrency, options.max_queue)),
+            metrics: Arc::default(),
+            payload_log: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -246,15 +246,11 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             report_push(&client.push("component", name, version, read(&path)?)?);
         }
         for (key, source) in stage.artifacts.iter_mut() {
-            if let ArtifactSource::File(path) = source {
-                let bytes = read(path)?;
-                let (name, version) = spec::file_artifact_name(&pipeline, key, &bytes);
-                report_push(&client.push("artifact", &name, &version.to_string(), bytes)?);
-                *source = ArtifactSource::Stored {
-                    artifact: format!("{name}@{version}"),
-                };
-            }
+            push_artifact_file(&client, &pipeline, key, source)?;
         }
+    }
+    if let Some(observe) = &mut manifest.observe {
+        push_artifact_file(&client, &pipeline, "reference", &mut observe.reference)?;
     }
     let text = toml::to_string(&manifest)?;
     report_change(&client.post(
@@ -262,6 +258,25 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "/v1/pipelines",
         text.into(),
     )?);
+    Ok(())
+}
+
+/// Push an artifact file named in a manifest, as the server would store it, and make the
+/// manifest name the stored artifact instead.
+fn push_artifact_file(
+    client: &Client,
+    pipeline: &str,
+    key: &str,
+    source: &mut ArtifactSource,
+) -> anyhow::Result<()> {
+    if let ArtifactSource::File(path) = source {
+        let bytes = read(path)?;
+        let (name, version) = spec::file_artifact_name(pipeline, key, &bytes);
+        report_push(&client.push("artifact", &name, &version.to_string(), bytes)?);
+        *source = ArtifactSource::Stored {
+            artifact: format!("{name}@{version}"),
+        };
+    }
     Ok(())
 }
 

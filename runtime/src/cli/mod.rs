@@ -2,6 +2,7 @@
 //! [`serve`] runs the server, [`admin`] drives a running one through its management API.
 
 mod admin;
+mod profile;
 mod serve;
 
 use std::process::ExitCode;
@@ -53,6 +54,13 @@ pub enum Command {
     Versions(admin::VersionsArgs),
     /// Show the server's pipelines, active versions and store contents.
     Status(admin::StatusArgs),
+    /// Profile reference data (CSV with a header, or JSON lines) for the drift monitor, and
+    /// print a starting validation schema for its columns.
+    ///
+    /// Writes the reference profile (quantile bins per numeric column, shares per category)
+    /// to OUTPUT; name it in the manifest's [observe] reference. Prints `columns = [...]` with
+    /// ranges and categories to paste into the manifest's [[inputs]].
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => admin::rollback(args),
         Command::Versions(args) => admin::versions(args),
         Command::Status(args) => admin::status(args),
+        Command::Profile(args) => profile::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

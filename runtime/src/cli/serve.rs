@@ -13,6 +13,7 @@ use crate::http::auth::{self, TokenSource};
 use crate::http::{self, AppState};
 use crate::pipeline::Registry;
 use crate::pipeline::manifest::Manifest;
+use crate::stages::log::PayloadLog;
 use crate::store::Store;
 
 #[derive(clap::Args)]
@@ -57,6 +58,19 @@ pub struct ServeArgs {
     /// server exits anyway.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_timeout: u64,
+
+    /// Write a sample of request and response bodies to this file as JSON lines (the payload
+    /// log), through a bounded queue that drops (and counts) rather than slow a request.
+    #[arg(long, value_name = "FILE")]
+    pub payload_log: Option<PathBuf>,
+
+    /// Share of requests the payload log records, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_name = "RATE")]
+    pub payload_log_sample: f64,
+
+    /// Size at which the payload log rotates (FILE.1 … FILE.3 kept), MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub payload_log_max_mib: u64,
 
     /// Pipeline manifests (pipeline.toml) to deploy, e.g. examples/iris/pipeline.toml.
     /// Deploying one that matches the active version again is a no-op.
@@ -110,6 +124,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin_token: Arc::from(token),
         inference_token,
         admission: Arc::new(Admission::new(concurrency, args.max_queue)),
+        metrics: Arc::default(),
+        payload_log: match args.payload_log {
+            Some(path) => Some(Arc::new(PayloadLog::open(
+                path,
+                args.payload_log_sample,
+                args.payload_log_max_mib << 20,
+            )?)),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pipelines/{name}/versions", get(versions))
         .route("/v1/pipelines/{name}/swap", post(swap))
         .route("/v1/pipelines/{name}/rollback", post(rollback))
+        .route("/v1/pipelines/{name}/drift", get(drift))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(load))
         .route("/v2/repository/models/{name}/unload", post(unload))
@@ -229,6 +230,15 @@ async fn swap(
     let registry = app.registry.clone();
     let change = blocking(move || registry.swap(&name, &swap)).await?;
     Ok(Json(json!(change)))
+}
+
+/// The drift report: per monitored column the score, method, thresholds, status and the
+/// window's counts.
+async fn drift(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Error> {
+    Ok(Json(json!(app.registry.drift(&name)?)))
 }
 
 #[derive(Deserialize)]

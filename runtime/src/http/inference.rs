@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
-use crate::pipeline::Pipeline;
 use crate::pipeline::manifest::TensorSpec;
+use crate::pipeline::{Pipeline, Trace};
 use crate::protocol;
+use crate::stages::log;
+use std::time::Instant;
 
 /// The `platform` reported in model metadata.
 pub const PLATFORM: &str = "weir_wasm_pipeline";
@@ -126,12 +128,40 @@ async fn infer_route(
         None => None,
     };
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
+    let started = Instant::now();
     // Stages run on the blocking pool, as many at once as admission allows: a stage may run
     // up to its deadline, and WASI's synchronous host calls must not run on an async worker.
-    let response = app
+    let (result, trace, body, pipeline) = app
         .admission
-        .run(move || infer(&pipeline, &body, header_length.as_deref()))
+        .run(move || {
+            let mut trace = Trace::default();
+            let result = infer(&pipeline, &body, header_length.as_deref(), &mut trace);
+            Ok((result, trace, body, pipeline))
+        })
         .await?;
+    let status = result.as_ref().map_or_else(Error::status, |_| 200);
+    let error = result.as_ref().err().map(ToString::to_string);
+    let record = log::RequestRecord {
+        id: trace.request_id.as_deref(),
+        pipeline: &pipeline.name,
+        version: &pipeline.version,
+        status,
+        duration: started.elapsed(),
+        stages: &trace.stages,
+        error: error.as_deref(),
+    };
+    log::request(&record);
+    app.metrics.record(
+        &pipeline.name,
+        &pipeline.version,
+        status,
+        record.duration.as_secs_f64(),
+        &trace,
+    );
+    let response = result?;
+    if let Some(payloads) = &app.payload_log {
+        payloads.record(&record, &body, &response.body);
+    }
     Ok(match response.header_length {
         None => ([(header::CONTENT_TYPE, "application/json")], response.body).into_response(),
         Some(length) => (
@@ -149,12 +179,13 @@ async fn infer_route(
 }
 
 /// Answer a V2 request body with `pipeline`: decode, run, select the requested outputs,
-/// encode. `header_length` is the binary extension's header, if sent. Blocking; the whole
-/// per-request cost outside HTTP itself.
+/// encode. `header_length` is the binary extension's header, if sent; `trace` gets the
+/// request id and the time in each stage. Blocking; the whole per-request cost outside HTTP.
 pub fn infer(
     pipeline: &Pipeline,
     body: &[u8],
     header_length: Option<&str>,
+    trace: &mut Trace,
 ) -> Result<protocol::Response, Error> {
     let limits = &pipeline.spec.limits;
     if let Some(mib) = limits.max_body_mib
@@ -166,7 +197,8 @@ pub fn infer(
         )));
     }
     let mut request = protocol::decode_request(body, header_length, limits.max_tensor_elements)?;
-    let batch = pipeline.infer(std::mem::take(&mut request.batch))?;
+    trace.request_id = request.id.clone();
+    let batch = pipeline.infer(std::mem::take(&mut request.batch), trace)?;
     let outputs = protocol::select_outputs(&batch.tensors, &request)?;
     protocol::encode_response(
         &pipeline.name,

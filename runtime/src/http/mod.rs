@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod inference;
+pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub struct AppState {
     pub inference_token: Option<Arc<str>>,
     /// The bound on requests running and waiting.
     pub admission: Arc<admission::Admission>,
+    /// The Prometheus metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The sampled payload log, when enabled.
+    pub payload_log: Option<Arc<crate::stages::log::PayloadLog>>,
 }
 
 /// The router for every route this server answers.
@@ -43,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     ));
     inference::routes(&state)
         .merge(admin)
+        .route("/metrics", axum::routing::get(metrics::scrape))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::stages::drift::Thresholds;
+use crate::stages::validate::ColumnSpec;
 use crate::tensor::Datatype;
 
 /// A parsed manifest with every relative path resolved against the manifest's directory.
@@ -28,6 +30,35 @@ pub struct Manifest {
     pub preprocess: Option<StageSpec>,
     pub model: StageSpec,
     pub postprocess: Option<StageSpec>,
+    /// The drift monitor; none without a reference profile.
+    pub observe: Option<ObserveManifest>,
+}
+
+/// `[observe]`: the drift monitor's reference profile, window and thresholds.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveManifest {
+    /// The reference profile (`weir profile` output): a file, or a stored artifact.
+    pub reference: ArtifactSource,
+    /// Live rows compared with the reference.
+    #[serde(default = "default_window_rows")]
+    pub window_rows: u64,
+    /// The window also covers at most this many seconds.
+    #[serde(default = "default_window_seconds")]
+    pub window_seconds: u64,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// Thresholds for single columns, by name.
+    #[serde(default)]
+    pub columns: BTreeMap<String, Thresholds>,
+}
+
+fn default_window_rows() -> u64 {
+    1000
+}
+
+fn default_window_seconds() -> u64 {
+    3600
 }
 
 /// A declared input or output: name, accepted datatypes (the first is the one metadata
@@ -38,6 +69,11 @@ pub struct TensorSpec {
     pub name: String,
     pub datatypes: Vec<Datatype>,
     pub shape: Vec<i64>,
+    /// For a rows × columns input: each column's name and rules (checked by `validate`, named
+    /// by the drift monitor).
+    pub columns: Vec<ColumnSpec>,
+    /// An input clients may leave out.
+    pub optional: bool,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -46,6 +82,10 @@ struct RawTensorSpec {
     name: String,
     datatype: OneOrMany,
     shape: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    columns: Vec<ColumnSpec>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    optional: bool,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -72,10 +112,22 @@ impl TryFrom<RawTensorSpec> for TensorSpec {
                 raw.name
             ));
         }
+        if let (false, Some(&width)) = (raw.columns.is_empty(), raw.shape.last())
+            && (raw.shape.len() != 2 || width != raw.columns.len() as i64)
+        {
+            return Err(format!(
+                "tensor '{}' names {} columns, so its shape must be [-1, {}]",
+                raw.name,
+                raw.columns.len(),
+                raw.columns.len()
+            ));
+        }
         Ok(TensorSpec {
             datatypes: names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
             name: raw.name,
             shape: raw.shape,
+            columns: raw.columns,
+            optional: raw.optional,
         })
     }
 }
@@ -86,6 +138,8 @@ impl From<TensorSpec> for RawTensorSpec {
             name: spec.name,
             datatype: OneOrMany::Many(spec.datatypes.iter().map(|d| d.name().to_owned()).collect()),
             shape: spec.shape,
+            columns: spec.columns,
+            optional: spec.optional,
         }
     }
 }
@@ -181,6 +235,13 @@ impl Manifest {
                 }
             }
         }
+        if let Some(ObserveManifest {
+            reference: ArtifactSource::File(p),
+            ..
+        }) = &mut manifest.observe
+        {
+            *p = base.join(&*p);
+        }
         manifest.check()?;
         Ok(manifest)
     }
@@ -199,7 +260,7 @@ impl Manifest {
                 || s.artifacts
                     .values()
                     .any(|a| matches!(a, ArtifactSource::File(_)))
-        })
+        }) || matches!(&self.observe, Some(o) if matches!(o.reference, ArtifactSource::File(_)))
     }
 
     /// The stages present, in pipeline order.

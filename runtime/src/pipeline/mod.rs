@@ -7,10 +7,15 @@ pub mod registry;
 pub mod spec;
 pub mod stage;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
 
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::stages::drift::Monitor;
+use crate::stages::profile::Profile;
 use crate::stages::validate;
 use crate::store::Store;
 use crate::tensor::{Batch, Datatype, Tensor};
@@ -27,6 +32,18 @@ pub struct Pipeline {
     pub version: String,
     pub spec: PipelineSpec,
     stages: Vec<Stage>,
+    /// The drift monitor, shared with the versions before and after this one while the
+    /// `[observe]` settings stay the same.
+    monitor: Option<Arc<Monitor>>,
+}
+
+/// What a request did inside the pipeline: time per stage, rules it broke.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The client's request id, once decoded.
+    pub request_id: Option<String>,
+    pub stages: Vec<(&'static str, Duration)>,
+    pub violated_rules: Vec<&'static str>,
 }
 
 impl Pipeline {
@@ -44,12 +61,43 @@ impl Pipeline {
             })?;
             stages.push(stage);
         }
+        let monitor = match &spec.observe {
+            None => None,
+            Some(observe) => {
+                let bytes = store.blob(&observe.reference.digest)?;
+                let profile: Profile = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reference profile {}", observe.reference))?;
+                let monitor = Monitor::new(
+                    &spec.name,
+                    &profile,
+                    &spec.inputs,
+                    &spec.outputs,
+                    observe.monitor.clone(),
+                )
+                .with_context(|| format!("pipeline '{}', [observe]", spec.name))?;
+                Some(Arc::new(monitor))
+            }
+        };
         Ok(Pipeline {
             name: spec.name.clone(),
             version: version.to_string(),
             spec: spec.clone(),
             stages,
+            monitor,
         })
+    }
+
+    /// Keep `previous`'s drift window when the monitor settings did not change, so a swap of
+    /// code does not reset what the monitor has seen.
+    pub fn continue_monitor(&mut self, previous: &Pipeline) {
+        if self.spec.observe == previous.spec.observe {
+            self.monitor = previous.monitor.clone();
+        }
+    }
+
+    /// The drift monitor, if the pipeline has one.
+    pub fn monitor(&self) -> Option<&Monitor> {
+        self.monitor.as_deref()
     }
 
     /// The declared inputs.
@@ -67,14 +115,35 @@ impl Pipeline {
         &self.stages
     }
 
-    /// Run a request's batch through `validate` and every stage, and pick the declared outputs.
-    pub fn infer(&self, batch: Batch) -> Result<Batch, Error> {
-        validate::check(self.inputs(), &batch)?;
+    /// Run a request's batch through `validate`, every stage and `observe`, and pick the
+    /// declared outputs; `trace` gets the time in each stage.
+    pub fn infer(&self, batch: Batch, trace: &mut Trace) -> Result<Batch, Error> {
+        self.run(batch, trace, true)
+    }
+
+    fn run(&self, batch: Batch, trace: &mut Trace, observe: bool) -> Result<Batch, Error> {
+        let started = Instant::now();
+        let violations = validate::check(self.inputs(), &batch);
+        trace.stages.push(("validate", started.elapsed()));
+        if !violations.is_empty() {
+            trace.violated_rules = violations.iter().map(|v| v.rule).collect();
+            return Err(Error::InvalidInput(validate::message(&violations)));
+        }
+        let monitor = self.monitor.as_deref().filter(|_| observe);
+        let observation = monitor.map(|m| m.observe_inputs(&batch));
         let mut batch = batch;
         for stage in &self.stages {
+            let started = Instant::now();
             batch = stage.run(batch)?;
+            trace.stages.push((stage.kind().name(), started.elapsed()));
         }
-        self.declared_outputs(batch)
+        let outputs = self.declared_outputs(batch)?;
+        if let (Some(monitor), Some(observation)) = (monitor, observation) {
+            let started = Instant::now();
+            monitor.record(observation, &outputs);
+            trace.stages.push(("observe", started.elapsed()));
+        }
+        Ok(outputs)
     }
 
     /// One call through every stage with a row of zeros for each declared input, before the
@@ -82,10 +151,12 @@ impl Pipeline {
     /// refuses the zeros as invalid input has still run, and passes.
     pub fn warm_up(&self) -> Result<(), Error> {
         let tensors = self.inputs().iter().map(zeros).collect();
-        match self.infer(Batch {
+        let batch = Batch {
             tensors,
             parameters: Vec::new(),
-        }) {
+        };
+        // Not observed: zeros are not traffic.
+        match self.run(batch, &mut Trace::default(), false) {
             Ok(_) | Err(Error::InvalidInput(_)) => Ok(()),
             Err(e) => Err(e),
         }

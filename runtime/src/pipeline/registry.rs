@@ -20,6 +20,7 @@ use crate::bundled;
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
 use crate::error::Error;
+use crate::stages::drift::DriftReport;
 use crate::store::{Kind, Store};
 
 /// One pipeline's versions and the one that serves.
@@ -194,6 +195,27 @@ impl Registry {
             .collect()
     }
 
+    /// The drift report of every active pipeline that has a monitor.
+    pub fn drift_reports(&self) -> Vec<DriftReport> {
+        self.slots
+            .read()
+            .unwrap()
+            .values()
+            .filter_map(|slot| slot.active.load_full())
+            .filter_map(|p| p.monitor().map(|m| m.report()))
+            .collect()
+    }
+
+    /// The drift report of pipeline `name`'s active version.
+    pub fn drift(&self, name: &str) -> Result<DriftReport, Error> {
+        let pipeline = self.get(name, None)?;
+        pipeline.monitor().map(|m| m.report()).ok_or_else(|| {
+            Error::NotFound(format!(
+                "pipeline '{name}' has no drift monitor (no [observe] in its manifest)"
+            ))
+        })
+    }
+
     /// Deploy `manifest`: resolve it and activate the result as the next version, unless it
     /// resolves to the active version (then nothing changes).
     pub fn deploy(&self, manifest: &Manifest) -> Result<Change, Error> {
@@ -280,8 +302,11 @@ impl Registry {
             .map_err(Error::refused)?
             .last()
             .map_or(1, |v| v.version + 1);
-        let pipeline =
+        let mut pipeline =
             Pipeline::load(&self.engine, &self.store, &spec, next).map_err(Error::refused)?;
+        if let Some(active) = slot.as_ref().and_then(|s| s.active.load_full()) {
+            pipeline.continue_monitor(&active);
+        }
         pipeline.warm_up().map_err(|e| {
             Error::InvalidInput(format!(
                 "pipeline '{}' failed its warm-up call: {e}",

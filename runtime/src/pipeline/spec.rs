@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use super::manifest::{ArtifactSource, Limits, Manifest, TensorSpec, split_reference};
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
+use crate::stages::drift::MonitorConfig;
+use crate::stages::profile::Profile;
 use crate::store::{Kind, Object, Store, StoreError};
 
 /// A pinned pipeline: what one pipeline version serves.
@@ -24,6 +26,16 @@ pub struct PipelineSpec {
     pub outputs: Vec<TensorSpec>,
     pub limits: Limits,
     pub stages: Vec<PinnedStage>,
+    /// The drift monitor: its pinned reference profile and settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<ObserveSpec>,
+}
+
+/// The drift monitor of a pinned pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObserveSpec {
+    pub reference: Pin,
+    pub monitor: MonitorConfig,
 }
 
 /// One stage of a pinned pipeline.
@@ -63,16 +75,17 @@ impl std::fmt::Display for Pin {
 impl PipelineSpec {
     /// The store objects this spec pins, so the store can refuse to delete them.
     pub fn pins(&self, store: &Store) -> anyhow::Result<Vec<Object>> {
+        let stage_pins = self.stages.iter().flat_map(|stage| {
+            std::iter::once((Kind::Component, &stage.component))
+                .chain(stage.artifacts.values().map(|a| (Kind::Artifact, a)))
+        });
+        let reference = self.observe.iter().map(|o| (Kind::Artifact, &o.reference));
         let mut objects = Vec::new();
-        for stage in &self.stages {
-            let pins = std::iter::once((Kind::Component, &stage.component))
-                .chain(stage.artifacts.values().map(|a| (Kind::Artifact, a)));
-            for (kind, pin) in pins {
-                let object = store
-                    .get(kind, &pin.name, &pin.version)?
-                    .with_context(|| format!("{pin} is not in the store"))?;
-                objects.push(object);
-            }
+        for (kind, pin) in stage_pins.chain(reference) {
+            let object = store
+                .get(kind, &pin.name, &pin.version)?
+                .with_context(|| format!("{pin} is not in the store"))?;
+            objects.push(object);
         }
         Ok(objects)
     }
@@ -139,6 +152,32 @@ pub fn resolve(
         .with_context(|| format!("stage '{}'", kind.name()))?;
         stages.push(resolved);
     }
+    let observe = match &manifest.observe {
+        None => None,
+        Some(observe) => {
+            let reference = match &observe.reference {
+                ArtifactSource::File(path) => {
+                    let bytes = std::fs::read(path).with_context(|| {
+                        format!("reading the reference profile {}", path.display())
+                    })?;
+                    serde_json::from_slice::<Profile>(&bytes).with_context(|| {
+                        format!("{} is not a profile from `weir profile`", path.display())
+                    })?;
+                    push_file_artifact(store, &manifest.name, "reference", &bytes)?
+                }
+                ArtifactSource::Stored { artifact } => find(store, Kind::Artifact, artifact)?,
+            };
+            Some(ObserveSpec {
+                reference: Pin::from(&reference),
+                monitor: MonitorConfig {
+                    window_rows: observe.window_rows,
+                    window_seconds: observe.window_seconds,
+                    thresholds: observe.thresholds.clone(),
+                    columns: observe.columns.clone(),
+                },
+            })
+        }
+    };
     Ok(PipelineSpec {
         name: manifest.name.clone(),
         description: manifest.description.clone(),
@@ -146,6 +185,7 @@ pub fn resolve(
         outputs: manifest.outputs.clone(),
         limits: manifest.limits.clone(),
         stages,
+        observe,
     })
 }
 

@@ -6,6 +6,8 @@
 mod binary;
 mod json;
 
+pub use binary::bytes_elements;
+
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,198 @@
+//! `GET /metrics`: Prometheus text exposition (OpenMetrics) of requests, latencies per
+//! pipeline and per stage (histograms, so quantiles aggregate across replicas), validation
+//! failures by rule, drift scores and status, and requests in flight.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+use super::AppState;
+use crate::pipeline::Trace;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    pipeline: String,
+    version: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PipelineLabels {
+    pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    pipeline: String,
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    pipeline: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ColumnLabels {
+    pipeline: String,
+    column: String,
+    method: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 25 µs to about 13 s: Weir's stages take microseconds, a client's
+/// patience is seconds.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(25e-6, 2.0, 20))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Histograms<PipelineLabels>,
+    stage_seconds: Histograms<StageLabels>,
+    validation_failures: Family<RuleLabels, Counter>,
+    drift_score: Family<ColumnLabels, Gauge<f64, AtomicU64>>,
+    drift_status: Family<ColumnLabels, Gauge>,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weir");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Inference requests by pipeline, version and HTTP status",
+            requests.clone(),
+        );
+        let request_seconds: Histograms<PipelineLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Inference latency, decode to encode",
+            Unit::Seconds,
+            request_seconds.clone(),
+        );
+        let stage_seconds: Histograms<StageLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "stage_duration",
+            "Time in each stage (validate and the Wasm stages), fresh instance included",
+            Unit::Seconds,
+            stage_seconds.clone(),
+        );
+        let validation_failures = Family::default();
+        registry.register(
+            "validation_failures",
+            "Inputs refused by the validate stage, by rule",
+            validation_failures.clone(),
+        );
+        let drift_score = Family::default();
+        registry.register(
+            "drift_score",
+            "Distance of the live window from the reference, per column and method",
+            drift_score.clone(),
+        );
+        let drift_status = Family::default();
+        registry.register(
+            "drift_status",
+            "Drift status per column: 0 ok, 1 warn, 2 alert",
+            drift_status.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Inference requests running or waiting for a turn",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            stage_seconds,
+            validation_failures,
+            drift_score,
+            drift_status,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// Record one answered inference request.
+    pub fn record(&self, pipeline: &str, version: &str, code: u16, seconds: f64, trace: &Trace) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                pipeline: pipeline.to_owned(),
+                version: version.to_owned(),
+                code,
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&PipelineLabels {
+                pipeline: pipeline.to_owned(),
+            })
+            .observe(seconds);
+        for (stage, duration) in &trace.stages {
+            self.stage_seconds
+                .get_or_create(&StageLabels {
+                    pipeline: pipeline.to_owned(),
+                    stage: (*stage).to_owned(),
+                })
+                .observe(duration.as_secs_f64());
+        }
+        for rule in &trace.violated_rules {
+            self.validation_failures
+                .get_or_create(&RuleLabels {
+                    pipeline: pipeline.to_owned(),
+                    rule: (*rule).to_owned(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// The exposition, with the gauges read at scrape time.
+pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
+    let metrics = &app.metrics;
+    metrics.in_flight.set(app.admission.in_flight() as i64);
+    for report in app.registry.drift_reports() {
+        for column in &report.columns {
+            let labels = ColumnLabels {
+                pipeline: report.pipeline.clone(),
+                column: column.column.clone(),
+                method: column.method.to_owned(),
+            };
+            metrics
+                .drift_score
+                .get_or_create(&labels)
+                .set(column.score.unwrap_or(f64::NAN));
+            metrics
+                .drift_status
+                .get_or_create(&labels)
+                .set(column.status as i64);
+        }
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &metrics.registry).is_err() {
+        text.clear();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
