@@ -227,6 +227,55 @@ fn component_log_lines_reach_the_server_log_with_stage_component_and_version() {
     assert_eq!(record["stage"], "model");
     assert_eq!(record["component"], "faulty-stage");
     assert_eq!(record["version"], "0.1.0");
+    // Then the request's own record: pipeline, version, status, time per stage.
+    let request = served.wait_for_log(|r| r["message"] == "request");
+    assert_eq!(request["pipeline"], "echo");
+    assert_eq!(request["version"], "1");
+    assert_eq!(request["status"], 200);
+    let stages = request["stages"].as_str().unwrap();
+    assert!(
+        stages.starts_with("validate=") && stages.contains(" model="),
+        "{stages}"
+    );
+    assert!(request["duration_us"].as_u64().is_some());
+}
+
+#[test]
+fn weir_profile_reproduces_the_committed_reference_and_prints_a_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("reference.json");
+    let iris = repo_root().join("examples/iris");
+    let out = weir()
+        .arg("profile")
+        .arg(iris.join("reference.csv"))
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh: Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    let committed: Value =
+        serde_json::from_slice(&std::fs::read(iris.join("reference.json")).unwrap()).unwrap();
+    assert_eq!(
+        fresh, committed,
+        "examples/iris/reference.json is stale: run examples/iris/train.py"
+    );
+    assert_eq!(fresh["rows"], 150);
+    assert_eq!(fresh["columns"][4]["kind"], "categorical");
+    let schema = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        schema.contains(r#"{ name = "petal_width", min = 0, max = "#),
+        "{schema}"
+    );
+    assert!(
+        schema
+            .contains(r#"{ name = "label", categories = ["setosa", "versicolor", "virginica"] }"#),
+        "{schema}"
+    );
 }
 
 fn flipped_weights_file(dir: &Path) -> std::path::PathBuf {

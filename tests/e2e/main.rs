@@ -6,6 +6,7 @@ mod faults;
 mod iris;
 mod lifecycle;
 mod limits;
+mod observe;
 mod protocol;
 mod support;
 mod versions;

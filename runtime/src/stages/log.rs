@@ -94,7 +94,11 @@ impl PayloadLog {
     /// Queue a record of this request if it is in the sample. Bodies are embedded as JSON when
     /// they are JSON, else summarised by size (binary tensors).
     pub fn record(&self, r: &RequestRecord, request: &[u8], response: &[u8]) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) % self.every != 0 {
+        if !self
+            .seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.every)
+        {
             return;
         }
         let line = json!({

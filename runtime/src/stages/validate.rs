@@ -179,10 +179,11 @@ fn check_columns(spec: &TensorSpec, tensor: &Tensor, found: &mut Vec<Violation>)
             (!column.allow_infinite).then(|| ("infinite", format!("{value} is not finite")))
         } else if let Some(min) = column.min.filter(|min| value < *min) {
             Some(("range", format!("{value} is below the minimum {min}")))
-        } else if let Some(max) = column.max.filter(|max| value > *max) {
-            Some(("range", format!("{value} is above the maximum {max}")))
         } else {
-            None
+            column
+                .max
+                .filter(|max| value > *max)
+                .map(|max| ("range", format!("{value} is above the maximum {max}")))
         };
         if let Some((rule, what)) = broken {
             found.push(Violation {
