@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use weir::engine::Engine;
 use weir::http::inference::infer;
 use weir::pipeline::manifest::Manifest;
-use weir::pipeline::{Registry, Trace};
+use weir::pipeline::{Pipeline, Registry, Trace};
 use weir::store::Store;
 
 const REQUEST: &str = r#"{"id":"bench","inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
@@ -150,18 +150,40 @@ fn bench(c: &mut Criterion) {
     let manifest = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
     registry.deploy(&manifest).unwrap();
     let pipeline = registry.get("iris", None).unwrap();
+    // The same stages with no built-in stage: no declared inputs or outputs, no monitor.
+    let mut bare = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
+    bare.name = "iris-bare".into();
+    bare.inputs.clear();
+    bare.outputs.clear();
+    bare.observe = None;
+    registry.deploy(&bare).unwrap();
+    let bare = registry.get("iris-bare", None).unwrap();
     let plain = PlainIris::load();
 
-    let weir_out: Value = serde_json::from_slice(
-        &infer(&pipeline, REQUEST.as_bytes(), None, &mut Trace::default())
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let answer = |p: &Pipeline| -> Value {
+        serde_json::from_slice(
+            &infer(p, REQUEST.as_bytes(), None, &mut Trace::default())
+                .unwrap()
+                .body,
+        )
+        .unwrap()
+    };
     let plain_out: Value = serde_json::from_slice(&plain.infer_json(REQUEST.as_bytes())).unwrap();
     assert_eq!(
-        weir_out["outputs"][0], plain_out["outputs"][0],
+        answer(&pipeline)["outputs"][0],
+        plain_out["outputs"][0],
         "the baseline computes the same answer"
+    );
+    let bare_out = answer(&bare);
+    let bare_label = bare_out["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label");
+    assert_eq!(
+        bare_label,
+        Some(&plain_out["outputs"][0]),
+        "without declared outputs, all of them"
     );
 
     let mut group = c.benchmark_group("iris_one_row");
@@ -174,6 +196,40 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
                 .body
         })
+    });
+    group.bench_function("weir_pipeline_without_builtins", |b| {
+        b.iter(|| {
+            infer(&bare, REQUEST.as_bytes(), None, &mut Trace::default())
+                .unwrap()
+                .body
+        })
+    });
+    group.finish();
+
+    // The drift monitor alone, on a batch of 64 rows: divide by 64 for the cost per row.
+    let rows: Vec<f64> = (0..64)
+        .flat_map(|i| {
+            [
+                5.0 + i as f64 * 0.03,
+                3.0,
+                1.5 + i as f64 * 0.08,
+                0.2 + i as f64 * 0.03,
+            ]
+        })
+        .collect();
+    let request = json!({ "inputs": [{ "name": "features", "shape": [64, 4], "datatype": "FP64", "data": rows }] });
+    let inputs = weir::protocol::decode_request(request.to_string().as_bytes(), None, 1 << 24)
+        .unwrap()
+        .batch;
+    let outputs = bare.infer(inputs.clone(), &mut Trace::default()).unwrap();
+    let monitor = pipeline.monitor().expect("iris has a drift monitor");
+    let mut group = c.benchmark_group("drift_monitor_64_rows");
+    group.bench_function("observe_and_record", |b| {
+        b.iter(|| monitor.record(monitor.observe_inputs(&inputs), &outputs))
+    });
+    group.bench_function("plain_rust_iris_64_rows", |b| {
+        let body = request.to_string();
+        b.iter(|| plain.infer_json(body.as_bytes()))
     });
     group.finish();
 }
