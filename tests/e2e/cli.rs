@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::repo_root;
+use crate::support::{flipped_weights, repo_root};
 
 fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -278,18 +278,18 @@ fn weir_profile_reproduces_the_committed_reference_and_prints_a_schema() {
     );
 }
 
-fn flipped_weights_file(dir: &Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(repo_root().join("examples/iris/logistic_regression.json"))
-        .unwrap();
-    let mut weights: Value = serde_json::from_str(&text).unwrap();
-    for row in weights["coef"].as_array_mut().unwrap() {
-        for w in row.as_array_mut().unwrap() {
-            *w = json!(-w.as_f64().unwrap());
-        }
-    }
+/// Write the flipped iris weights into `dir` and push them with the CLI as
+/// `iris-flipped@1.0.0`; the CLI's output.
+fn push_flipped(served: &Served, dir: &Path) -> String {
     let path = dir.join("flipped.json");
-    std::fs::write(&path, weights.to_string()).unwrap();
-    path
+    std::fs::write(&path, flipped_weights()).unwrap();
+    let file = path.to_str().unwrap();
+    manage(
+        served,
+        dir,
+        &["push", "artifact", "iris-flipped@1.0.0", file],
+    )
+    .unwrap()
 }
 
 /// Run a `weir` management command against `served`; its stdout, or its stderr on failure.
@@ -317,18 +317,7 @@ fn the_cli_pushes_deploys_swaps_lists_and_rolls_back() {
     let manifest = iris_manifest.to_str().unwrap();
     let out = manage(&served, dir, &["deploy", manifest]).unwrap();
     assert!(out.contains("iris serves version 1"), "{out}");
-    let flipped = flipped_weights_file(dir);
-    let out = manage(
-        &served,
-        dir,
-        &[
-            "push",
-            "artifact",
-            "iris-flipped@1.0.0",
-            flipped.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let out = push_flipped(&served, dir);
     assert!(
         out.contains("pushed artifact iris-flipped@1.0.0 (sha256-"),
         "{out}"
@@ -396,18 +385,7 @@ fn after_kill_9_during_swaps_a_restart_serves_the_last_completed_version_without
     let data = tempfile::tempdir().unwrap();
     let dir = data.path();
     let mut served = Served::start(dir, &repo_root().join("examples/iris/pipeline.toml"));
-    let flipped = flipped_weights_file(dir);
-    manage(
-        &served,
-        dir,
-        &[
-            "push",
-            "artifact",
-            "iris-flipped@1.0.0",
-            flipped.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    push_flipped(&served, dir);
     let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
     let base = format!("http://{}", served.addr);
     let original = {

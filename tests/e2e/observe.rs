@@ -232,6 +232,8 @@ fn metrics_expose_requests_latency_per_stage_drift_and_in_flight() {
         r#"weir_drift_score{pipeline="bc",column="mean radius",method="psi"}"#,
         r#"weir_drift_status{pipeline="bc",column="label",method="linf"} "#,
         "weir_requests_in_flight 0",
+        "weir_instances_capacity 1000",
+        "# TYPE weir_instances_active gauge",
     ] {
         assert!(
             metrics.contains(fragment),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use weir::engine::Engine;
 use weir::http::admission::Admission;
@@ -227,4 +227,17 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// The iris coefficients negated: a real artifact that answers differently.
+pub fn flipped_weights() -> Vec<u8> {
+    let text = std::fs::read_to_string(repo_root().join("examples/iris/logistic_regression.json"))
+        .unwrap();
+    let mut weights: Value = serde_json::from_str(&text).unwrap();
+    for row in weights["coef"].as_array_mut().unwrap() {
+        for w in row.as_array_mut().unwrap() {
+            *w = json!(-w.as_f64().unwrap());
+        }
+    }
+    weights.to_string().into_bytes()
 }

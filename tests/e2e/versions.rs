@@ -8,24 +8,11 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, error_message, faulty, iris, repo_root};
+use crate::support::{TestServer, error_message, faulty, flipped_weights, iris};
 
 fn rows() -> Value {
     json!({ "inputs": [{ "name": "features", "shape": [3, 4], "datatype": "FP32",
         "data": [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 4.0, 1.0], [6.7, 3.0, 5.2, 2.3]] }] })
-}
-
-/// The iris coefficients negated: a real artifact that answers differently.
-fn flipped_weights() -> Vec<u8> {
-    let text = std::fs::read_to_string(repo_root().join("examples/iris/logistic_regression.json"))
-        .unwrap();
-    let mut weights: Value = serde_json::from_str(&text).unwrap();
-    for row in weights["coef"].as_array_mut().unwrap() {
-        for w in row.as_array_mut().unwrap() {
-            *w = json!(-w.as_f64().unwrap());
-        }
-    }
-    weights.to_string().into_bytes()
 }
 
 fn push_flipped(server: &TestServer) {

@@ -74,6 +74,7 @@ pub struct HostState {
     limiter: MemoryCap,
     stdout: GuestOutput,
     stderr: GuestOutput,
+    _counted: super::InstanceCount,
 }
 
 impl HostState {
@@ -91,6 +92,7 @@ impl HostState {
                 .build(),
             stdout,
             stderr,
+            _counted: super::InstanceCount::new(),
             table: ResourceTable::new(),
             limiter: MemoryCap {
                 cap: memory_cap,

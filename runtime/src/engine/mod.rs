@@ -19,6 +19,7 @@ mod output;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -35,7 +36,31 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The most instances that may be alive at once, across all stages. Each slot reserves
 /// address space only; memory is committed as instances use it.
-const POOL_INSTANCES: u32 = 1000;
+pub const POOL_INSTANCES: u32 = 1000;
+
+/// Stage instances alive now (each holds a pool slot), for the pool-use metric.
+static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+/// Stage instances alive now, across every engine.
+pub fn live_instances() -> usize {
+    LIVE_INSTANCES.load(Ordering::Relaxed)
+}
+
+/// Counts one live instance while it exists.
+pub(crate) struct InstanceCount;
+
+impl InstanceCount {
+    pub(crate) fn new() -> InstanceCount {
+        LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
+        InstanceCount
+    }
+}
+
+impl Drop for InstanceCount {
+    fn drop(&mut self) {
+        LIVE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Linear memory kept resident (reset with memset instead of madvise) per pooled memory:
 /// small stages then reuse warm pages instead of faulting them in again on every request.

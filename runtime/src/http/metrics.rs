@@ -65,6 +65,9 @@ pub struct Metrics {
     drift_score: Family<ColumnLabels, Gauge<f64, AtomicU64>>,
     drift_status: Family<ColumnLabels, Gauge>,
     in_flight: Gauge,
+    instances: Gauge,
+    instance_capacity: Gauge,
+    payload_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -116,6 +119,24 @@ impl Default for Metrics {
             "Inference requests running or waiting for a turn",
             in_flight.clone(),
         );
+        let instances = Gauge::default();
+        registry.register(
+            "instances_active",
+            "Stage instances alive now, each holding an instance-pool slot",
+            instances.clone(),
+        );
+        let instance_capacity = Gauge::default();
+        registry.register(
+            "instances_capacity",
+            "Slots in the instance pool",
+            instance_capacity.clone(),
+        );
+        let payload_dropped = Counter::default();
+        registry.register(
+            "payload_log_dropped",
+            "Payload log records dropped because the writer fell behind",
+            payload_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -125,6 +146,9 @@ impl Default for Metrics {
             drift_score,
             drift_status,
             in_flight,
+            instances,
+            instance_capacity,
+            payload_dropped,
         }
     }
 }
@@ -167,6 +191,18 @@ impl Metrics {
 pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
     let metrics = &app.metrics;
     metrics.in_flight.set(app.admission.in_flight() as i64);
+    metrics
+        .instances
+        .set(crate::engine::live_instances() as i64);
+    metrics
+        .instance_capacity
+        .set(i64::from(crate::engine::POOL_INSTANCES));
+    if let Some(log) = &app.payload_log {
+        let dropped = log.dropped();
+        metrics
+            .payload_dropped
+            .inc_by(dropped.saturating_sub(metrics.payload_dropped.get()));
+    }
     for report in app.registry.drift_reports() {
         for column in &report.columns {
             let labels = ColumnLabels {

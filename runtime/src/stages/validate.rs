@@ -193,3 +193,131 @@ fn check_columns(spec: &TensorSpec, tensor: &Tensor, found: &mut Vec<Violation>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(columns: Vec<ColumnSpec>, datatype: Datatype) -> TensorSpec {
+        TensorSpec {
+            name: "x".into(),
+            datatypes: vec![datatype],
+            shape: vec![-1, columns.len() as i64],
+            columns,
+            optional: false,
+        }
+    }
+
+    fn floats(values: &[f64]) -> Tensor {
+        Tensor {
+            name: "x".into(),
+            datatype: Datatype::Fp64,
+            shape: vec![1, values.len() as u64],
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    fn rules(spec: &TensorSpec, tensor: Tensor) -> Vec<&'static str> {
+        let batch = Batch {
+            tensors: vec![tensor],
+            parameters: vec![],
+        };
+        check(std::slice::from_ref(spec), &batch)
+            .iter()
+            .map(|v| v.rule)
+            .collect()
+    }
+
+    #[test]
+    fn each_numeric_rule_fires_alone_and_can_be_relaxed() {
+        let strict = spec(
+            vec![
+                ColumnSpec {
+                    name: "a".into(),
+                    min: Some(0.0),
+                    max: Some(1.0),
+                    ..Default::default()
+                };
+                1
+            ],
+            Datatype::Fp64,
+        );
+        assert_eq!(rules(&strict, floats(&[0.5])), Vec::<&str>::new());
+        assert_eq!(rules(&strict, floats(&[-0.1])), vec!["range"]);
+        assert_eq!(rules(&strict, floats(&[1.1])), vec!["range"]);
+        assert_eq!(rules(&strict, floats(&[f64::NAN])), vec!["missing"]);
+        assert_eq!(rules(&strict, floats(&[f64::INFINITY])), vec!["infinite"]);
+        let relaxed = spec(
+            vec![ColumnSpec {
+                name: "a".into(),
+                allow_missing: true,
+                allow_infinite: true,
+                ..Default::default()
+            }],
+            Datatype::Fp64,
+        );
+        assert!(rules(&relaxed, floats(&[f64::NAN])).is_empty());
+        assert!(rules(&relaxed, floats(&[f64::NEG_INFINITY])).is_empty());
+    }
+
+    #[test]
+    fn categories_and_missing_text_are_checked_per_column() {
+        let colour = ColumnSpec {
+            name: "colour".into(),
+            categories: Some(vec!["red".into(), "blue".into()]),
+            ..Default::default()
+        };
+        let spec = spec(vec![colour], Datatype::Bytes);
+        let text = |items: &[&str]| {
+            let mut data = Vec::new();
+            for item in items {
+                data.extend((item.len() as u32).to_le_bytes());
+                data.extend(item.as_bytes());
+            }
+            Tensor {
+                name: "x".into(),
+                datatype: Datatype::Bytes,
+                shape: vec![items.len() as u64, 1],
+                data,
+            }
+        };
+        assert!(rules(&spec, text(&["red", "blue"])).is_empty());
+        assert_eq!(
+            rules(&spec, text(&["green", ""])),
+            vec!["category", "missing"]
+        );
+        let batch = Batch {
+            tensors: vec![text(&["green"])],
+            parameters: vec![],
+        };
+        let message = message(&check(std::slice::from_ref(&spec), &batch));
+        assert_eq!(
+            message,
+            r#"input 'x', row 0, column 'colour': 'green' is not one of ["red", "blue"]"#
+        );
+    }
+
+    #[test]
+    fn a_misspelt_input_gets_the_nearest_name_and_missing_optional_inputs_pass() {
+        let mut features = spec(vec![], Datatype::Fp64);
+        features.name = "petal_length".into();
+        let mut extra = spec(vec![], Datatype::Fp64);
+        extra.name = "notes".into();
+        extra.optional = true;
+        let mut tensor = floats(&[1.0]);
+        tensor.name = "petal_len".into();
+        let batch = Batch {
+            tensors: vec![tensor],
+            parameters: vec![],
+        };
+        let found = check(&[features, extra], &batch);
+        assert_eq!(
+            found[0].message,
+            "unknown input 'petal_len'; expected 'petal_length'"
+        );
+        assert_eq!(
+            found.iter().map(|v| v.rule).collect::<Vec<_>>(),
+            vec!["unknown_input", "missing_input"]
+        );
+    }
+}
