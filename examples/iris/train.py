@@ -16,7 +16,7 @@ repository root with `python examples/iris/train.py` (needs scikit-learn and car
 
 import csv
 import json
-import subprocess
+import sys
 from pathlib import Path
 
 from sklearn.datasets import load_iris
@@ -25,6 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from weir_profile import input_schema  # noqa: E402
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 MANIFEST = """\
@@ -93,20 +95,10 @@ def main() -> None:
         writer.writerow(COLUMNS + ["label", "probabilities.max"])
         for row, p, scores in zip(x, predicted, proba):
             writer.writerow([*row.tolist(), labels[p], float(scores.max())])
-    schema = subprocess.run(
-        ["cargo", "run", "-q", "--", "profile", str(HERE / "reference.csv"),
-         "--output", str(HERE / "reference.json")],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    # Only the feature columns describe the input; label and score are outputs.
-    input_columns = "\n".join(
-        line for line in schema.splitlines()
-        if not line.strip().startswith(('{ name = "label"', '{ name = "probabilities.max"'))
-    )
-
+    input_columns = input_schema(HERE / "reference.csv", HERE / "reference.json")
     (HERE / "pipeline.toml").write_text(
         MANIFEST.format(
-            columns=input_columns + "\n",
+            columns=input_columns,
             classes=len(labels),
             mean=json.dumps(scaler.mean_.tolist()),
             scale=json.dumps(scaler.scale_.tolist()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{flipped_weights, repo_root};
+use crate::support::{faulty_manifest_file, flipped_weights, repo_root};
 
 fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -204,17 +204,7 @@ fn tritonclient_gets_the_same_predictions_as_plain_http() {
 #[test]
 fn component_log_lines_reach_the_server_log_with_stage_component_and_version() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("echo.toml");
-    let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("faulty_stage.wasm");
-    std::fs::write(
-        &manifest,
-        format!(
-            "name = \"echo\"\n[model]\ncomponent = \"faulty-stage@0.1.0\"\npath = {:?}\n\
-             config = {{ mode = \"echo\" }}\n",
-            wasm.display().to_string()
-        ),
-    )
-    .unwrap();
+    let manifest = faulty_manifest_file(dir.path(), "echo", "mode = \"echo\"");
     let served = Served::start(dir.path(), &manifest);
     let response = reqwest::blocking::Client::new()
         .post(format!("http://{}/v2/models/echo/infer", served.addr))

@@ -1,30 +1,13 @@
 //! The server process over time: graceful shutdown on SIGTERM, and a soak at steady load with
 //! resident memory flat after warm-up.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::cli::Served;
-use crate::support::repo_root;
-
-/// A manifest file for a pipeline that spins for `ms` on requests with the `fault` parameter.
-fn busy_manifest(dir: &Path, ms: u64) -> std::path::PathBuf {
-    let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("faulty_stage.wasm");
-    let path = dir.join("busy.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"busy\"\n[model]\ncomponent = \"faulty-stage@0.1.0\"\npath = {:?}\n\
-             config = {{ mode = \"busy\", ms = {ms}, on_request = true }}\n",
-            wasm.display().to_string()
-        ),
-    )
-    .unwrap();
-    path
-}
+use crate::support::{faulty_manifest_file, repo_root};
 
 fn iris_request() -> String {
     json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2] }] })
@@ -34,7 +17,12 @@ fn iris_request() -> String {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let data = tempfile::tempdir().unwrap();
-    let busy = busy_manifest(data.path(), 800);
+    // Spins for 800 ms on requests with the `fault` parameter.
+    let busy = faulty_manifest_file(
+        data.path(),
+        "busy",
+        "mode = \"busy\", ms = 800, on_request = true",
+    );
     let mut served = Served::start_with(
         data.path(),
         &[&busy, &repo_root().join("examples/iris/pipeline.toml")],

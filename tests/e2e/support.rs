@@ -85,6 +85,20 @@ impl Default for Options {
     }
 }
 
+/// Write a manifest file into `dir` for a pipeline `name` whose model stage is the faulty test
+/// component (by absolute path) with config `config` (`mode = "echo"`), for `weir serve`.
+pub fn faulty_manifest_file(dir: &Path, name: &str, config: &str) -> PathBuf {
+    let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("faulty_stage.wasm");
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "name = \"{name}\"\n[model]\ncomponent = \"faulty-stage@0.1.0\"\npath = {:?}\n\
+         config = {{ {config} }}\n",
+        wasm.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A running in-process server, stopped when dropped.
 pub struct TestServer {
     pub base: String,
