@@ -21,9 +21,6 @@ pub enum Error {
     /// The request body is larger than the configured limit (413).
     #[error("{0}")]
     BodyTooLarge(String),
-    /// The request uses a protocol feature this server does not implement (501).
-    #[error("{0}")]
-    NotSupported(String),
     /// A stage trapped or reported a failure, or produced unusable output (500).
     #[error("{0}")]
     StageFailed(String),
@@ -62,7 +59,6 @@ impl Error {
             Error::Conflict(_) => 409,
             Error::BodyTooLarge(_) => 413,
             Error::StageFailed(_) => 500,
-            Error::NotSupported(_) => 501,
             Error::Unavailable(_) | Error::Overloaded(_) => 503,
             Error::StageTimeout(_) => 504,
         }
