@@ -102,7 +102,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no pipeline to serve yet: deploy one with `weir deploy MANIFEST`");
     }
     for pipeline in &status {
-        tracing::info!(pipeline = %pipeline.name, active = ?pipeline.active, versions = pipeline.versions.len(), "serving");
+        let active = pipeline
+            .active
+            .map_or("none (unloaded)".to_owned(), |v| v.to_string());
+        let versions = pipeline.versions.len();
+        tracing::info!(pipeline = %pipeline.name, %active, versions, "serving");
     }
     let token_env = std::env::var("WEIR_ADMIN_TOKEN").ok();
     let (token, source) =
