@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::profile::{Profile, Summary};
 use crate::pipeline::manifest::TensorSpec;
-use crate::tensor::{Batch, Datatype};
+use crate::tensor::{Batch, Datatype, Tensor};
 
 /// Sub-windows per window: the window slides by a tenth at a time.
 const SUB_WINDOWS: usize = 10;
@@ -323,6 +323,9 @@ impl Monitor {
 
     fn observe(&self, batch: &Batch, wanted: impl Fn(&Source) -> bool) -> Observation {
         let mut rows = 0;
+        // Widen each tensor once, however many of its columns are monitored.
+        let widened: Vec<(&Tensor, Vec<f64>)> =
+            batch.tensors.iter().map(|t| (t, t.numbers())).collect();
         let bins = self
             .columns
             .iter()
@@ -330,7 +333,7 @@ impl Monitor {
                 if !wanted(&column.source) {
                     return Vec::new();
                 }
-                let values = values(&column.source, batch);
+                let values = values(&column.source, &widened);
                 rows = rows.max(values.len() as u64);
                 values.into_iter().filter_map(|v| column.bin(v)).collect()
             })
@@ -370,35 +373,36 @@ fn source(name: &str, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Option<S
         })
 }
 
-/// The values a source yields from a batch, one per row.
-fn values<'a>(source: &Source, batch: &'a Batch) -> Vec<Value<'a>> {
-    let tensor_named = |name: &str| batch.tensors.iter().find(|t| t.name == name);
+/// The values a source yields from a batch's tensors (each with its elements as f64), one
+/// per row.
+fn values<'a>(source: &Source, widened: &'a [(&'a Tensor, Vec<f64>)]) -> Vec<Value<'a>> {
+    let tensor_named = |name: &str| widened.iter().find(|(t, _)| t.name == name);
     match source {
         Source::Input { tensor, index } => tensor_named(tensor)
-            .filter(|t| t.shape.len() == 2)
-            .map(|t| {
+            .filter(|(t, _)| t.shape.len() == 2)
+            .map(|(t, numbers)| {
                 let cols = t.shape[1] as usize;
-                t.numbers()
-                    .into_iter()
+                numbers
+                    .iter()
                     .skip(*index)
                     .step_by(cols.max(1))
-                    .map(Value::Number)
+                    .map(|v| Value::Number(*v))
                     .collect()
             })
             .unwrap_or_default(),
         Source::Output { tensor } => tensor_named(tensor)
-            .map(|t| match t.datatype {
+            .map(|(t, numbers)| match t.datatype {
                 Datatype::Bytes => crate::protocol::bytes_elements(&t.data)
                     .filter_map(Result::ok)
                     .map(Value::Text)
                     .collect(),
-                _ => t.numbers().into_iter().map(Value::Number).collect(),
+                _ => numbers.iter().map(|v| Value::Number(*v)).collect(),
             })
             .unwrap_or_default(),
         Source::OutputMax { tensor } => tensor_named(tensor)
-            .filter(|t| t.shape.len() == 2 && t.shape[1] > 0)
-            .map(|t| {
-                t.numbers()
+            .filter(|(t, _)| t.shape.len() == 2 && t.shape[1] > 0)
+            .map(|(t, numbers)| {
+                numbers
                     .chunks(t.shape[1] as usize)
                     .map(|row| Value::Number(row.iter().copied().fold(f64::NEG_INFINITY, f64::max)))
                     .collect()
