@@ -193,11 +193,7 @@ async fn versions(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    let active = app
-        .registry
-        .get(&name, None)
-        .ok()
-        .map(|p| p.version.clone());
+    let active = app.registry.get(&name, None).ok().map(|p| p.number);
     let stored = app
         .registry
         .store()
@@ -212,7 +208,7 @@ async fn versions(
             let spec: Value = serde_json::from_str(&v.spec).unwrap_or(Value::Null);
             json!({
                 "version": v.version,
-                "active": active.as_deref() == Some(v.version.to_string().as_str()),
+                "active": active == Some(v.version),
                 "created_at": v.created_at,
                 "spec": spec,
             })

@@ -28,7 +28,9 @@ pub use registry::Registry;
 /// A loaded pipeline version, ready to serve.
 pub struct Pipeline {
     pub name: String,
-    /// The version that answers: the `model_version` of every response.
+    /// The version number in the store.
+    pub number: u64,
+    /// `number` as the V2 `model_version` every response carries, formatted once.
     pub version: String,
     pub spec: PipelineSpec,
     stages: Vec<Stage>,
@@ -80,6 +82,7 @@ impl Pipeline {
         };
         Ok(Pipeline {
             name: spec.name.clone(),
+            number: version,
             version: version.to_string(),
             spec: spec.clone(),
             stages,

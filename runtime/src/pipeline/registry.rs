@@ -185,11 +185,7 @@ impl Registry {
             .iter()
             .map(|(name, slot)| PipelineStatus {
                 name: name.clone(),
-                active: slot
-                    .active
-                    .load()
-                    .as_ref()
-                    .map(|p| p.version.parse().unwrap_or(0)),
+                active: slot.active.load().as_ref().map(|p| p.number),
                 versions: slot.versions.read().unwrap().keys().copied().collect(),
             })
             .collect()
@@ -292,7 +288,7 @@ impl Registry {
         {
             return Ok(Change {
                 pipeline: spec.name,
-                version: active.version.parse().unwrap_or(0),
+                version: active.number,
                 created: false,
             });
         }
@@ -358,7 +354,7 @@ impl Registry {
                 pipeline.version
             ))
         })?;
-        let version: u64 = pipeline.version.parse().unwrap_or(0);
+        let version = pipeline.number;
         self.store
             .set_active(name, Some(version))
             .map_err(Error::refused)?;
