@@ -10,6 +10,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod nn;
 pub mod pipeline;
 pub mod protocol;
 pub mod stages;

@@ -32,9 +32,11 @@
 //!
 //! Configuration comes from the stage's `config` table in the pipeline manifest, decoded into
 //! `Stage::Config` with serde; a stage that needs none uses `serde::de::IgnoredAny`. Model
-//! weights are read with [`artifact`], and log lines sent with the functions in [`log`].
+//! weights are read with [`artifact`], and log lines sent with the functions in [`log`]. A model
+//! stage can run an ONNX artifact natively on the host with [`nn::compute`].
 
 mod batch;
+pub mod nn;
 mod tensor;
 
 pub use batch::Batch;
@@ -47,6 +49,7 @@ pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "model",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "weir_sdk::bindings",

@@ -110,6 +110,21 @@ impl Tensor {
         }
     }
 
+    /// A tensor from its parts, which the caller vouches are consistent (the host's outputs).
+    pub(crate) fn from_raw(name: String, datatype: Datatype, shape: Vec<u64>, data: Vec<u8>) -> Self {
+        Tensor {
+            name,
+            datatype,
+            shape,
+            data,
+        }
+    }
+
+    /// The row-major little-endian bytes, without a copy.
+    pub(crate) fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+
     /// The tensor's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -10,17 +10,26 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::output::{GuestOutput, Stream};
-use crate::tensor;
+use crate::{nn, tensor};
 
 /// Host bindings generated from `wit/`. The `model` world imports the most of the three
-/// worlds; all three export the same `stage` interface.
+/// worlds; all three export the same `stage` interface. `wasi:nn`'s resources are the types
+/// of [`crate::nn`].
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "model",
+        imports: { default: trappable },
+        with: {
+            "wasi:nn/graph.graph": crate::nn::Graph,
+            "wasi:nn/tensor.tensor": crate::nn::WasiTensor,
+            "wasi:nn/inference.graph-execution-context": crate::nn::ExecutionContext,
+            "wasi:nn/errors.error": crate::nn::NnError,
+        },
     });
 }
 
+pub use bindings::wasi::nn as wasi_nn;
 pub use bindings::weir::pipeline::types as wit;
 use bindings::weir::pipeline::{artifacts, log};
 pub use bindings::{Model, ModelPre};
@@ -64,6 +73,8 @@ pub struct StageIdentity {
     pub version: String,
     /// The model artifacts the manifest pins for this stage, by name.
     pub artifacts: BTreeMap<String, Arc<[u8]>>,
+    /// Those artifacts that are ONNX models, loaded for `wasi:nn`.
+    pub graphs: nn::Graphs,
 }
 
 /// The state of one store: one stage instance serving one request.
@@ -110,6 +121,14 @@ impl HostState {
     pub fn stderr_tail(&self) -> String {
         self.stderr.tail()
     }
+
+    /// What this instance's `wasi:nn` imports reach.
+    fn nn_view(&mut self) -> nn::NnView<'_> {
+        nn::NnView {
+            table: &mut self.table,
+            graphs: &self.stage.graphs,
+        }
+    }
 }
 
 impl Drop for HostState {
@@ -132,7 +151,7 @@ pub fn new_store(
 }
 
 /// The imports a component in `kind`'s slot may use: WASI with no capabilities granted, the
-/// `log` interface, and for model stages the `artifacts` interface. Anything else fails the
+/// `log` interface, and for model stages the `artifacts` and `wasi:nn` interfaces. Anything else fails the
 /// type check when the stage is loaded, with an error naming the import.
 pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
@@ -140,6 +159,7 @@ pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Link
     log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     if kind == StageKind::Model {
         artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        nn::add_to_linker(&mut linker, HostState::nn_view)?;
     }
     Ok(linker)
 }
@@ -169,6 +189,15 @@ const WASI_ALLOWED: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
+/// The interfaces only the `model` world offers.
+const MODEL_ONLY: &[&str] = &[
+    "weir:pipeline/artifacts",
+    "wasi:nn/tensor",
+    "wasi:nn/graph",
+    "wasi:nn/inference",
+    "wasi:nn/errors",
+];
+
 /// Refuse a component that imports anything `kind`'s world does not offer, naming every such
 /// import: capabilities are checked here, before any linking.
 pub fn check_imports(
@@ -180,7 +209,7 @@ pub fn check_imports(
         WASI_ALLOWED.contains(&interface)
             || interface == "weir:pipeline/types"
             || interface == "weir:pipeline/log"
-            || (kind == StageKind::Model && interface == "weir:pipeline/artifacts")
+            || (kind == StageKind::Model && MODEL_ONLY.contains(&interface))
     };
     let refused: Vec<String> = component
         .component_type()
@@ -234,7 +263,7 @@ impl WasiView for HostState {
 impl wit::Host for HostState {}
 
 impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         use log::Level;
         let stage = &self.stage;
         let (kind, component, version) = (stage.kind.name(), &stage.component, &stage.version);
@@ -245,12 +274,13 @@ impl log::Host for HostState {
             Level::Warn => tracing::warn!(stage = kind, component, version, "{message}"),
             Level::Error => tracing::error!(stage = kind, component, version, "{message}"),
         }
+        Ok(())
     }
 }
 
 impl artifacts::Host for HostState {
-    fn read(&mut self, name: String) -> Option<Vec<u8>> {
-        self.stage.artifacts.get(&name).map(|bytes| bytes.to_vec())
+    fn read(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.stage.artifacts.get(&name).map(|bytes| bytes.to_vec()))
     }
 }
 

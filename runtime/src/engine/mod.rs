@@ -28,6 +28,7 @@ use anyhow::Context;
 use wasmtime::component::Component;
 use wasmtime::{Config, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::nn::GraphCache;
 use cache::CompileCache;
 
 /// How often the epoch advances. 10 ms keeps the ticker's own cost negligible (100 wake-ups a
@@ -71,12 +72,13 @@ const KEEP_RESIDENT: usize = 16 << 20;
 pub const MAX_MEMORY: usize = 4 << 30;
 
 /// The compiling engine, its on-disk cache of precompiled components, and the components
-/// compiled so far, shared by every pipeline version that uses them.
+/// compiled and ONNX graphs loaded so far, shared by every pipeline version that uses them.
 #[derive(Clone)]
 pub struct Engine {
     wasmtime: wasmtime::Engine,
     cache: Option<CompileCache>,
     loaded: Arc<Mutex<HashMap<String, Component>>>,
+    graphs: GraphCache,
 }
 
 impl Engine {
@@ -107,12 +109,18 @@ impl Engine {
             wasmtime,
             cache,
             loaded: Arc::default(),
+            graphs: GraphCache::default(),
         })
     }
 
     /// The wasmtime engine, for stores and linkers.
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.wasmtime
+    }
+
+    /// The ONNX graphs a model stage's artifacts hold, each loaded once per artifact version.
+    pub fn graphs(&self) -> &GraphCache {
+        &self.graphs
     }
 
     /// The component with `digest`: already loaded, or from the disk cache, or compiled from

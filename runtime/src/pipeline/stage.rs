@@ -39,16 +39,29 @@ impl Stage {
     ) -> anyhow::Result<Stage> {
         let mut artifacts = std::collections::BTreeMap::new();
         for (name, pin) in &pinned.artifacts {
-            let bytes = store
+            let bytes: Arc<[u8]> = store
                 .blob(&pin.digest)
-                .with_context(|| format!("artifact {pin}"))?;
-            artifacts.insert(name.clone(), Arc::from(bytes));
+                .with_context(|| format!("artifact {pin}"))?
+                .into();
+            artifacts.insert(name.clone(), bytes);
         }
+        let graphs = match pinned.kind {
+            StageKind::Model => {
+                let named: Vec<(&str, &str, &[u8])> = pinned
+                    .artifacts
+                    .iter()
+                    .map(|(name, pin)| (name.as_str(), pin.digest.as_str(), &*artifacts[name]))
+                    .collect();
+                engine.graphs().graphs(&named)?
+            }
+            _ => Default::default(),
+        };
         let identity = StageIdentity {
             kind: pinned.kind,
             component: pinned.component.name.clone(),
             version: pinned.component.version.to_string(),
             artifacts,
+            graphs,
         };
         let digest = pinned.component.digest.clone();
         let kind = identity.kind;
