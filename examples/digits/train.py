@@ -9,7 +9,8 @@ this script:
 - expected.json   fixture: the held-out 25% of rows (raw 0..16 pixels) with scikit-learn's
                   predict and predict_proba
 
-The pipeline (pipeline.toml) scales the pixels in its preprocessing component, as training did.
+The pipeline (pipeline.toml, written by hand) scales the pixels in its preprocessing component
+as training did, and adds the top 3 classes in its postprocessing component.
 The outputs are committed, so serving the example needs no Python. Run it again from the
 repository root with `python examples/digits/train.py` (needs scikit-learn and skl2onnx).
 """

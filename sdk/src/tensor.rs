@@ -111,7 +111,12 @@ impl Tensor {
     }
 
     /// A tensor from its parts, which the caller vouches are consistent (the host's outputs).
-    pub(crate) fn from_raw(name: String, datatype: Datatype, shape: Vec<u64>, data: Vec<u8>) -> Self {
+    pub(crate) fn from_raw(
+        name: String,
+        datatype: Datatype,
+        shape: Vec<u64>,
+        data: Vec<u8>,
+    ) -> Self {
         Tensor {
             name,
             datatype,

@@ -9,13 +9,15 @@ fn fixture() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn predict_all(server: &TestServer, datatype: &str) {
+/// Send all 150 rows to `model` (the iris pipeline, or one serving the same model) and check
+/// its labels equal sklearn's and its probabilities are within `tolerance` of sklearn's.
+pub fn predict_all(server: &TestServer, model: &str, datatype: &str, tolerance: f64) {
     let expected = fixture();
     let rows = expected["inputs"].as_array().unwrap();
     let request = json!({
         "inputs": [{ "name": "features", "shape": [rows.len(), 4], "datatype": datatype, "data": rows }]
     });
-    let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    let (status, body) = server.post_json(&format!("/v2/models/{model}/infer"), &request);
     assert_eq!(status, 200, "{body}");
     let outputs = body["outputs"].as_array().unwrap();
     let label = outputs.iter().find(|o| o["name"] == "label").unwrap();
@@ -41,15 +43,18 @@ fn predict_all(server: &TestServer, datatype: &str) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let g = g.as_f64().unwrap();
-        assert!((g - w).abs() < 1e-5, "probability {i}: {g} vs sklearn {w}");
+        assert!(
+            (g - w).abs() < tolerance,
+            "probability {i}: {g} vs sklearn {w}"
+        );
     }
 }
 
 #[test]
 fn all_150_rows_match_sklearn_predict_and_predict_proba() {
     let server = TestServer::start(&[iris()]);
-    predict_all(&server, "FP64");
-    predict_all(&server, "FP32");
+    predict_all(&server, "iris", "FP64", 1e-5);
+    predict_all(&server, "iris", "FP32", 1e-5);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod iris;
 mod lifecycle;
 mod limits;
 mod observe;
+mod onnx;
 mod protocol;
 mod support;
 mod versions;

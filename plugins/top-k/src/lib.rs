@@ -56,8 +56,16 @@ impl Stage for TopK {
             }
         }
         let shape = vec![rows as u64, k as u64];
-        batch.push(Tensor::new(format!("{}_classes", config.output), shape.clone(), &classes));
-        batch.push(Tensor::new(format!("{}_scores", config.output), shape, &top));
+        batch.push(Tensor::new(
+            format!("{}_classes", config.output),
+            shape.clone(),
+            &classes,
+        ));
+        batch.push(Tensor::new(
+            format!("{}_scores", config.output),
+            shape,
+            &top,
+        ));
         Ok(batch)
     }
 }

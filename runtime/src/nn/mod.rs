@@ -115,7 +115,13 @@ impl GraphCache {
 
     /// The graph of one artifact: already loaded, or loaded now; `None` if it is not ONNX.
     fn graph(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<Option<Arc<OnnxGraph>>> {
-        if let Some(graph) = self.loaded.lock().unwrap().get(digest).and_then(Weak::upgrade) {
+        if let Some(graph) = self
+            .loaded
+            .lock()
+            .unwrap()
+            .get(digest)
+            .and_then(Weak::upgrade)
+        {
             return Ok(Some(graph));
         }
         let Some(proto) = onnx::decode(bytes) else {

@@ -162,8 +162,8 @@ impl Port {
                 .all(|(&given, expected)| expected.is_none_or(|e| e == given));
         if datum_type != Some(self.datum_type) || !fits {
             return Err(NnError::invalid(format!(
-                "tensor '{name}' is {:?} {shape:?}; the ONNX graph's input '{}' takes {} {}",
-                tensor.ty,
+                "tensor '{name}' is {} {shape:?}; the ONNX graph's input '{}' takes {} {}",
+                v2_name(tensor.ty),
                 self.name,
                 wasi_name(self.datum_type),
                 self.describe_shape()
@@ -263,11 +263,24 @@ fn tensor_type(datum_type: DatumType) -> Option<TensorType> {
     })
 }
 
-/// How an error message names a tract element type: as `wasi:nn` does when it can.
+/// How an error message names a tract element type: by its V2 datatype, as clients know it.
 fn wasi_name(datum_type: DatumType) -> String {
     match tensor_type(datum_type) {
-        Some(ty) => format!("{ty:?}"),
+        Some(ty) => v2_name(ty).to_owned(),
         None => format!("{datum_type:?}"),
+    }
+}
+
+/// The V2 datatype of a `wasi:nn` element type.
+fn v2_name(ty: TensorType) -> &'static str {
+    match ty {
+        TensorType::Fp16 => "FP16",
+        TensorType::Fp32 => "FP32",
+        TensorType::Fp64 => "FP64",
+        TensorType::Bf16 => "BF16",
+        TensorType::U8 => "UINT8",
+        TensorType::I32 => "INT32",
+        TensorType::I64 => "INT64",
     }
 }
 
@@ -348,15 +361,23 @@ mod tests {
             .run(vec![("pixels".into(), pixels(2, 63))])
             .unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidArgument);
-        assert!(error.message.contains("tensor 'pixels'"), "{}", error.message);
+        assert!(
+            error.message.contains("tensor 'pixels'"),
+            "{}",
+            error.message
+        );
         assert!(error.message.contains("[N, 64]"), "{}", error.message);
         let mut wide = pixels(1, 32);
         wide.ty = TensorType::Fp64;
         let error = graph.run(vec![("pixels".into(), wide)]).unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidArgument);
-        assert!(error.message.contains("Fp64"), "{}", error.message);
+        assert!(error.message.contains("is FP64"), "{}", error.message);
         let error = graph.run(Vec::new()).unwrap_err();
-        assert!(error.message.contains("takes the inputs [pixels]"), "{}", error.message);
+        assert!(
+            error.message.contains("takes the inputs [pixels]"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
