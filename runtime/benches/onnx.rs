@@ -147,6 +147,14 @@ fn bench(c: &mut Criterion) {
         .deploy(&Manifest::load(&digits_dir().join("pipeline.toml")).unwrap())
         .unwrap();
     let pipeline = registry.get("digits", None).unwrap();
+    // The same pipeline with every stage opted into reusing warm instances.
+    let mut reused = Manifest::load(&digits_dir().join("pipeline.toml")).unwrap();
+    reused.name = "digits-reused".into();
+    for stage in reused.stages_mut() {
+        stage.reuse_instances = true;
+    }
+    registry.deploy(&reused).unwrap();
+    let reused = registry.get("digits-reused", None).unwrap();
     let native = NativeDigits::load();
 
     let mut group = c.benchmark_group("digits");
@@ -167,13 +175,18 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("native_tract", rows), &body, |b, body| {
             b.iter(|| native.infer_json(body.as_bytes()))
         });
-        group.bench_with_input(BenchmarkId::new("weir_pipeline", rows), &body, |b, body| {
-            b.iter(|| {
-                infer(&pipeline, body.as_bytes(), None, &mut Trace::default())
-                    .unwrap()
-                    .body
-            })
-        });
+        for (name, pipeline) in [
+            ("weir_pipeline", &pipeline),
+            ("weir_reused_instances", &reused),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, rows), &body, |b, body| {
+                b.iter(|| {
+                    infer(pipeline, body.as_bytes(), None, &mut Trace::default())
+                        .unwrap()
+                        .body
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -2,9 +2,13 @@
 //! host loaded once from one of this stage's ONNX artifacts. Only stages in the `model` world
 //! may call it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use crate::StageError;
 use crate::bindings::wasi::nn::errors::{Error, ErrorCode};
 use crate::bindings::wasi::nn::graph;
+use crate::bindings::wasi::nn::inference::GraphExecutionContext;
 use crate::bindings::wasi::nn::tensor::{Tensor as NnTensor, TensorType};
 use crate::tensor::{Datatype, Tensor, datatype_name};
 
@@ -15,10 +19,29 @@ use crate::tensor::{Datatype, Tensor, datatype_name};
 /// A tensor the graph does not accept (datatype, shape) is an invalid-input error naming it;
 /// anything else that goes wrong is a failure.
 pub fn compute(artifact: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, StageError> {
-    let graph = graph::load_by_name(artifact).map_err(|e| failure(artifact, &e))?;
-    let context = graph
-        .init_execution_context()
-        .map_err(|e| failure(artifact, &e))?;
+    CONTEXTS.with_borrow_mut(|contexts| {
+        if !contexts.contains_key(artifact) {
+            let graph = graph::load_by_name(artifact).map_err(|e| failure(artifact, &e))?;
+            let context = graph
+                .init_execution_context()
+                .map_err(|e| failure(artifact, &e))?;
+            contexts.insert(artifact.to_owned(), context);
+        }
+        run(artifact, &contexts[artifact], inputs)
+    })
+}
+
+thread_local! {
+    /// Execution contexts by artifact name. A fresh instance per request opens one per call;
+    /// an instance the manifest reuses keeps it, saving two host calls per request.
+    static CONTEXTS: RefCell<HashMap<String, GraphExecutionContext>> = RefCell::default();
+}
+
+fn run(
+    artifact: &str,
+    context: &GraphExecutionContext,
+    inputs: Vec<Tensor>,
+) -> Result<Vec<Tensor>, StageError> {
     let inputs = inputs
         .into_iter()
         .map(|t| Ok((t.name().to_owned(), to_nn(t)?)))

@@ -172,3 +172,45 @@ fn unknown_components_and_non_components_are_refused_at_load() {
     let message = load_error("name = \"p\"\n[model]\ncomponent = \"scaler\"\n");
     assert!(message.contains("name@version"), "{message}");
 }
+
+/// The `calls` count the counting stage returns for one request.
+fn calls(server: &TestServer, model: &str, request: &Value) -> (u16, Value) {
+    server.post_json(&format!("/v2/models/{model}/infer"), request)
+}
+
+fn count_of(body: &Value) -> i64 {
+    let outputs = body["outputs"].as_array().unwrap();
+    let calls = outputs.iter().find(|o| o["name"] == "calls").unwrap();
+    calls["data"][0].as_i64().unwrap()
+}
+
+#[test]
+fn every_request_gets_a_fresh_instance_unless_the_stage_opts_into_reuse() {
+    let fresh = faulty("fresh", "count", "");
+    let mut reused = faulty("reused", "count", "");
+    reused.model.reuse_instances = true;
+    let server = TestServer::start(&[fresh, reused]);
+    for _ in 0..3 {
+        let (status, body) = calls(&server, "fresh", &request());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            count_of(&body),
+            1,
+            "a fresh instance has served no other request"
+        );
+    }
+    let counts: Vec<i64> = (0..3)
+        .map(|_| count_of(&calls(&server, "reused", &request()).1))
+        .collect();
+    assert!(
+        counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "one warm instance serves request after request: {counts:?}"
+    );
+    // A trap discards the warm instance; the next request gets a new one.
+    let (status, body) = calls(&server, "reused", &faulting());
+    assert_eq!(status, 500, "{body}");
+    assert!(error_message(&body).contains("panics after"), "{body}");
+    let (status, body) = calls(&server, "reused", &request());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count_of(&body), 1, "the trapped instance was not reused");
+}

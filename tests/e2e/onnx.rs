@@ -175,3 +175,27 @@ fn a_tensor_the_graph_does_not_take_is_400_naming_it_and_serving_goes_on() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(output(&body, "label")["shape"], json!([2]));
 }
+
+#[test]
+fn warm_reused_instances_answer_as_fresh_ones() {
+    let mut manifest = digits();
+    for stage in manifest.stages_mut() {
+        stage.reuse_instances = true;
+    }
+    let server = TestServer::start(&[manifest]);
+    let expected = fixture();
+    for (i, row) in expected["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .take(20)
+    {
+        let request = json!({
+            "inputs": [{ "name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": row }]
+        });
+        let (status, body) = server.post_json("/v2/models/digits/infer", &request);
+        assert_eq!(status, 200, "{body}");
+        assert_matches_sklearn(&body, &expected, i, 1);
+    }
+}

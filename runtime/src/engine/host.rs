@@ -131,10 +131,18 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// Flush the guest's output after a call, so a reused instance logs each request's lines
+    /// under that request's budget.
+    pub fn end_call(&mut self) {
+        self.stdout.end_call();
+        self.stderr.end_call();
+    }
+}
+
 impl Drop for HostState {
     fn drop(&mut self) {
-        self.stdout.finish();
-        self.stderr.finish();
+        self.end_call();
     }
 }
 

@@ -97,11 +97,14 @@ impl GuestOutput {
         }
     }
 
-    /// Log what is left of an unfinished line and how much was dropped; called when the
-    /// instance is dropped.
-    pub fn finish(&self) {
+    /// Log what is left of an unfinished line and how much was dropped, and start the next
+    /// call's budget afresh; called after each call of a reused instance and when an instance
+    /// is dropped.
+    pub fn end_call(&self) {
         let (pending, dropped) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.logged = 0;
+            state.tail.clear();
             (
                 std::mem::take(&mut state.pending),
                 std::mem::take(&mut state.dropped),

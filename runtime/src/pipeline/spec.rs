@@ -46,6 +46,9 @@ pub struct PinnedStage {
     /// Handed to the component as JSON on every call.
     pub config: Map<String, Value>,
     pub artifacts: BTreeMap<String, Pin>,
+    /// Opt-in: warm instances serve request after request (see the manifest's field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse_instances: bool,
 }
 
 /// An exact stored object: `name@version` and its digest.
@@ -147,6 +150,7 @@ pub fn resolve(
                     .cloned()
                     .unwrap_or_default(),
                 artifacts,
+                reuse_instances: stage.reuse_instances,
             })
         })()
         .with_context(|| format!("stage '{}'", kind.name()))?;

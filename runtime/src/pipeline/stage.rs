@@ -1,7 +1,7 @@
 //! One Wasm stage of a pipeline: a component compiled and type-checked once at load, run in a
-//! fresh, bounded instance for every request.
+//! fresh, bounded instance for every request (or, opted into per stage, a warm one).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use wasmtime::Trap;
@@ -25,6 +25,14 @@ pub struct Stage {
     max_output_bytes: usize,
     deadline_ticks: u64,
     timeout_ms: u64,
+    /// Idle warm instances, when the manifest opts this stage into reusing them.
+    warm: Option<Mutex<Vec<Instance>>>,
+}
+
+/// A stage instance with its store.
+struct Instance {
+    store: wasmtime::Store<HostState>,
+    model: Model,
 }
 
 impl Stage {
@@ -98,6 +106,7 @@ impl Stage {
             // must get at least its full time.
             deadline_ticks: limits.stage_timeout_ms.div_ceil(tick_ms) + 1,
             timeout_ms: limits.stage_timeout_ms,
+            warm: pinned.reuse_instances.then(Mutex::default),
         })
     }
 
@@ -117,33 +126,56 @@ impl Stage {
     }
 
     /// Run the stage on `batch` in a fresh instance, which is dropped afterwards whatever
-    /// happens: a trap or a timeout fails this request only.
+    /// happens: a trap or a timeout fails this request only. A stage that reuses instances
+    /// takes a warm one and gives it back unless it trapped.
     pub fn run(&self, batch: Batch) -> Result<Batch, Error> {
-        let state = HostState::new(self.identity.clone(), self.memory_cap);
-        let mut store = new_store(self.pre.engine(), state, self.deadline_ticks);
         let input = wit::Batch::from(batch);
-        let outcome = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance: Model| {
-                instance
+        let idle = self.warm.as_ref().and_then(|w| w.lock().unwrap().pop());
+        let (mut store, model) = match idle {
+            Some(Instance { mut store, model }) => {
+                store.set_epoch_deadline(self.deadline_ticks);
+                (store, Some(model))
+            }
+            None => {
+                let state = HostState::new(self.identity.clone(), self.memory_cap);
+                let store = new_store(self.pre.engine(), state, self.deadline_ticks);
+                (store, None)
+            }
+        };
+        let outcome = match model {
+            Some(model) => Ok(model),
+            None => self.pre.instantiate(&mut store),
+        }
+        .and_then(|model| {
+            let output =
+                model
                     .weir_pipeline_stage()
-                    .call_process(&mut store, &self.config, &input)
-            });
-        match outcome {
-            Ok(Ok(output)) => self.check_output(Batch::from(output)),
-            Ok(Err(wit::StageError::InvalidInput(msg))) => Err(Error::InvalidInput(format!(
+                    .call_process(&mut store, &self.config, &input)?;
+            Ok((output, model))
+        });
+        let output = match outcome {
+            Ok((output, model)) => {
+                if let Some(warm) = &self.warm {
+                    store.data_mut().end_call();
+                    warm.lock().unwrap().push(Instance { store, model });
+                }
+                output
+            }
+            Err(e) => {
+                let state = store.data();
+                return Err(self.trap_error(e, state.memory_cap_exceeded(), &state.stderr_tail()));
+            }
+        };
+        match output {
+            Ok(output) => self.check_output(Batch::from(output)),
+            Err(wit::StageError::InvalidInput(msg)) => Err(Error::InvalidInput(format!(
                 "{} rejected the input: {msg}",
                 self.describe()
             ))),
-            Ok(Err(wit::StageError::Failure(msg))) => Err(Error::StageFailed(format!(
+            Err(wit::StageError::Failure(msg)) => Err(Error::StageFailed(format!(
                 "{} failed: {msg}",
                 self.describe()
             ))),
-            Err(e) => {
-                let state = store.data();
-                Err(self.trap_error(e, state.memory_cap_exceeded(), &state.stderr_tail()))
-            }
         }
     }
 

@@ -27,7 +27,14 @@ enum Mode {
     Busy,
     /// Return a tensor of `mib` MiB.
     Huge,
+    /// Add a tensor `calls` (INT64 [1]): the calls this instance has served, this one
+    /// included; 1 unless the manifest reuses instances. Panics, after counting, on a request
+    /// carrying the parameter `fault`.
+    Count,
 }
+
+/// Calls served by this instance, for [`Mode::Count`].
+static CALLS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 #[derive(Deserialize)]
 struct Config {
@@ -45,6 +52,14 @@ impl Stage for FaultyStage {
 
     fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
         let asked = !config.on_request || batch.parameter("fault").is_some();
+        if let Mode::Count = config.mode {
+            let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if batch.parameter("fault").is_some() {
+                panic!("faulty-stage panics after {calls} calls");
+            }
+            batch.push(Tensor::new("calls", vec![1], &[calls]));
+            return Ok(batch);
+        }
         match config.mode {
             _ if !asked => Ok(batch),
             Mode::Echo => {
@@ -77,6 +92,7 @@ impl Stage for FaultyStage {
                 }
                 Ok(batch)
             }
+            Mode::Count => unreachable!("answered above"),
             Mode::Huge => {
                 let bytes = vec![7u8; config.mib << 20];
                 batch.push(Tensor::new("huge", vec![bytes.len() as u64], &bytes));
