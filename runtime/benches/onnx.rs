@@ -139,6 +139,19 @@ fn request(rows: usize) -> String {
         .to_string()
 }
 
+/// Run one request's future to completion on this thread, as a server's worker would.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+        .block_on(future)
+}
+
 fn bench(c: &mut Criterion) {
     let data_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(data_dir.path()).unwrap());
@@ -161,9 +174,14 @@ fn bench(c: &mut Criterion) {
     for rows in [1, 64] {
         let body = request(rows);
         let weir_answer: Value = serde_json::from_slice(
-            &infer(&pipeline, body.as_bytes(), None, &mut Trace::default())
-                .unwrap()
-                .body,
+            &block_on(infer(
+                &pipeline,
+                body.as_bytes(),
+                None,
+                &mut Trace::default(),
+            ))
+            .unwrap()
+            .body,
         )
         .unwrap();
         let native_answer: Value =
@@ -181,9 +199,14 @@ fn bench(c: &mut Criterion) {
         ] {
             group.bench_with_input(BenchmarkId::new(name, rows), &body, |b, body| {
                 b.iter(|| {
-                    infer(pipeline, body.as_bytes(), None, &mut Trace::default())
-                        .unwrap()
-                        .body
+                    block_on(infer(
+                        pipeline,
+                        body.as_bytes(),
+                        None,
+                        &mut Trace::default(),
+                    ))
+                    .unwrap()
+                    .body
                 })
             });
         }

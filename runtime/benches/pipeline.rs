@@ -143,6 +143,19 @@ impl PlainIris {
     }
 }
 
+/// Run one request's future to completion on this thread, as a server's worker would.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+        .block_on(future)
+}
+
 fn bench(c: &mut Criterion) {
     let data_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(data_dir.path()).unwrap());
@@ -162,7 +175,7 @@ fn bench(c: &mut Criterion) {
 
     let answer = |p: &Pipeline| -> Value {
         serde_json::from_slice(
-            &infer(p, REQUEST.as_bytes(), None, &mut Trace::default())
+            &block_on(infer(p, REQUEST.as_bytes(), None, &mut Trace::default()))
                 .unwrap()
                 .body,
         )
@@ -192,16 +205,26 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("weir_pipeline", |b| {
         b.iter(|| {
-            infer(&pipeline, REQUEST.as_bytes(), None, &mut Trace::default())
-                .unwrap()
-                .body
+            block_on(infer(
+                &pipeline,
+                REQUEST.as_bytes(),
+                None,
+                &mut Trace::default(),
+            ))
+            .unwrap()
+            .body
         })
     });
     group.bench_function("weir_pipeline_without_builtins", |b| {
         b.iter(|| {
-            infer(&bare, REQUEST.as_bytes(), None, &mut Trace::default())
-                .unwrap()
-                .body
+            block_on(infer(
+                &bare,
+                REQUEST.as_bytes(),
+                None,
+                &mut Trace::default(),
+            ))
+            .unwrap()
+            .body
         })
     });
     group.finish();
@@ -221,7 +244,7 @@ fn bench(c: &mut Criterion) {
     let inputs = weir::protocol::decode_request(request.to_string().as_bytes(), None, 1 << 24)
         .unwrap()
         .batch;
-    let outputs = bare.infer(inputs.clone(), &mut Trace::default()).unwrap();
+    let outputs = block_on(bare.infer(inputs.clone(), &mut Trace::default())).unwrap();
     let monitor = pipeline.monitor().expect("iris has a drift monitor");
     let mut group = c.benchmark_group("drift_monitor_64_rows");
     group.bench_function("observe_and_record", |b| {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::output::{GuestOutput, Stream};
@@ -20,6 +20,7 @@ mod bindings {
         path: "../wit",
         world: "model",
         imports: { default: trappable },
+        exports: { default: async },
         with: {
             "wasi:nn/graph.graph": crate::nn::Graph,
             "wasi:nn/tensor.tensor": crate::nn::WasiTensor,
@@ -86,6 +87,8 @@ pub struct HostState {
     stdout: GuestOutput,
     stderr: GuestOutput,
     _counted: super::InstanceCount,
+    /// Epoch ticks the current call may still run.
+    ticks_left: u64,
 }
 
 impl HostState {
@@ -104,6 +107,7 @@ impl HostState {
             stdout,
             stderr,
             _counted: super::InstanceCount::new(),
+            ticks_left: 0,
             table: ResourceTable::new(),
             limiter: MemoryCap {
                 cap: memory_cap,
@@ -146,16 +150,27 @@ impl Drop for HostState {
     }
 }
 
-/// A store for one stage instance, with the memory cap and epoch deadline applied.
-pub fn new_store(
-    engine: &wasmtime::Engine,
-    state: HostState,
-    deadline_ticks: u64,
-) -> Store<HostState> {
+/// A store for one stage instance, with the memory cap applied. Stages run as futures on the
+/// server's async workers: at every epoch tick a running stage yields, so other requests on
+/// the same worker go on, until its deadline ([`start_call`]) has passed, when it traps.
+pub fn new_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(deadline_ticks);
+    store.epoch_deadline_callback(|mut context| {
+        let state = context.data_mut();
+        if state.ticks_left <= 1 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        state.ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
     store
+}
+
+/// Give the next call in `store` `deadline_ticks` epoch ticks before it traps.
+pub fn start_call(store: &mut Store<HostState>, deadline_ticks: u64) {
+    store.data_mut().ticks_left = deadline_ticks;
+    store.set_epoch_deadline(1);
 }
 
 /// The imports a component in `kind`'s slot may use: WASI with no capabilities granted, the
@@ -163,7 +178,7 @@ pub fn new_store(
 /// type check when the stage is loaded, with an error naming the import.
 pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     if kind == StageKind::Model {
         artifacts::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;

@@ -29,12 +29,8 @@ impl Admission {
         }
     }
 
-    /// Run blocking `work` when a turn comes, on the blocking pool; refuse at once when the
-    /// queue is full.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
+    /// Run `work` when a turn comes; refuse at once when the queue is full.
+    pub async fn run<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         let _admitted = self.admitted.try_acquire().map_err(|_| {
             Error::Overloaded(format!(
                 "server at capacity: {} requests running and {} waiting \
@@ -47,9 +43,7 @@ impl Admission {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Error::StageFailed(format!("the request's worker failed: {e}")))?
+        work.await
     }
 
     /// Requests running or waiting now.

@@ -129,16 +129,18 @@ async fn infer_route(
     };
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
     let started = Instant::now();
-    // Stages run on the blocking pool, as many at once as admission allows: a stage may run
-    // up to its deadline, and WASI's synchronous host calls must not run on an async worker.
-    let (result, trace, body, pipeline) = app
+    // Stages run right here on the async worker, as many at once as admission allows; a stage
+    // that computes for long yields at every epoch tick, so it does not hold the worker.
+    let mut trace = Trace::default();
+    let result = app
         .admission
-        .run(move || {
-            let mut trace = Trace::default();
-            let result = infer(&pipeline, &body, header_length.as_deref(), &mut trace);
-            Ok((result, trace, body, pipeline))
-        })
-        .await?;
+        .run(infer(
+            &pipeline,
+            &body,
+            header_length.as_deref(),
+            &mut trace,
+        ))
+        .await;
     let status = result.as_ref().map_or_else(Error::status, |_| 200);
     let error = result.as_ref().err().map(ToString::to_string);
     let record = log::RequestRecord {
@@ -180,8 +182,8 @@ async fn infer_route(
 
 /// Answer a V2 request body with `pipeline`: decode, run, select the requested outputs,
 /// encode. `header_length` is the binary extension's header, if sent; `trace` gets the
-/// request id and the time in each stage. Blocking; the whole per-request cost outside HTTP.
-pub fn infer(
+/// request id and the time in each stage. The whole per-request cost outside HTTP.
+pub async fn infer(
     pipeline: &Pipeline,
     body: &[u8],
     header_length: Option<&str>,
@@ -198,7 +200,9 @@ pub fn infer(
     }
     let mut request = protocol::decode_request(body, header_length, limits.max_tensor_elements)?;
     trace.request_id = request.id.clone();
-    let batch = pipeline.infer(std::mem::take(&mut request.batch), trace)?;
+    let batch = pipeline
+        .infer(std::mem::take(&mut request.batch), trace)
+        .await?;
     let outputs = protocol::select_outputs(&batch.tensors, &request)?;
     protocol::encode_response(
         &pipeline.name,

@@ -120,11 +120,11 @@ impl Pipeline {
 
     /// Run a request's batch through `validate`, every stage and `observe`, and pick the
     /// declared outputs; `trace` gets the time in each stage.
-    pub fn infer(&self, batch: Batch, trace: &mut Trace) -> Result<Batch, Error> {
-        self.run(batch, trace, true)
+    pub async fn infer(&self, batch: Batch, trace: &mut Trace) -> Result<Batch, Error> {
+        self.run(batch, trace, true).await
     }
 
-    fn run(&self, batch: Batch, trace: &mut Trace, observe: bool) -> Result<Batch, Error> {
+    async fn run(&self, batch: Batch, trace: &mut Trace, observe: bool) -> Result<Batch, Error> {
         let started = Instant::now();
         let violations = validate::check(self.inputs(), &batch);
         trace.stages.push(("validate", started.elapsed()));
@@ -137,7 +137,7 @@ impl Pipeline {
         let mut batch = batch;
         for stage in &self.stages {
             let started = Instant::now();
-            batch = stage.run(batch)?;
+            batch = stage.run(batch).await?;
             trace.stages.push((stage.kind().name(), started.elapsed()));
         }
         let outputs = self.declared_outputs(batch)?;
@@ -151,7 +151,8 @@ impl Pipeline {
 
     /// One call through every stage with a row of zeros for each declared input, before the
     /// version may serve. A stage that traps, fails or times out fails the warm-up; one that
-    /// refuses the zeros as invalid input has still run, and passes.
+    /// refuses the zeros as invalid input has still run, and passes. Blocking: call it from a
+    /// thread that is not an async worker (the registry's changes run on the blocking pool).
     pub fn warm_up(&self) -> Result<(), Error> {
         let tensors = self.inputs().iter().map(zeros).collect();
         let batch = Batch {
@@ -159,7 +160,8 @@ impl Pipeline {
             parameters: Vec::new(),
         };
         // Not observed: zeros are not traffic.
-        match self.run(batch, &mut Trace::default(), false) {
+        let mut trace = Trace::default();
+        match wasmtime_wasi::runtime::in_tokio(self.run(batch, &mut trace, false)) {
             Ok(_) | Err(Error::InvalidInput(_)) => Ok(()),
             Err(e) => Err(e),
         }

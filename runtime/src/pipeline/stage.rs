@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use wasmtime::Trap;
 
-use crate::engine::host::{HostState, Model, ModelPre, StageIdentity, StageKind, new_store, wit};
+use crate::engine::host::{
+    HostState, Model, ModelPre, StageIdentity, StageKind, new_store, start_call, wit,
+};
 use crate::engine::{EPOCH_TICK, Engine};
 use crate::error::Error;
 use crate::pipeline::manifest::Limits;
@@ -128,31 +130,29 @@ impl Stage {
     /// Run the stage on `batch` in a fresh instance, which is dropped afterwards whatever
     /// happens: a trap or a timeout fails this request only. A stage that reuses instances
     /// takes a warm one and gives it back unless it trapped.
-    pub fn run(&self, batch: Batch) -> Result<Batch, Error> {
+    pub async fn run(&self, batch: Batch) -> Result<Batch, Error> {
         let input = wit::Batch::from(batch);
         let idle = self.warm.as_ref().and_then(|w| w.lock().unwrap().pop());
         let (mut store, model) = match idle {
-            Some(Instance { mut store, model }) => {
-                store.set_epoch_deadline(self.deadline_ticks);
-                (store, Some(model))
-            }
+            Some(Instance { store, model }) => (store, Some(model)),
             None => {
                 let state = HostState::new(self.identity.clone(), self.memory_cap);
-                let store = new_store(self.pre.engine(), state, self.deadline_ticks);
-                (store, None)
+                (new_store(self.pre.engine(), state), None)
             }
         };
-        let outcome = match model {
-            Some(model) => Ok(model),
-            None => self.pre.instantiate(&mut store),
-        }
-        .and_then(|model| {
-            let output =
-                model
-                    .weir_pipeline_stage()
-                    .call_process(&mut store, &self.config, &input)?;
+        start_call(&mut store, self.deadline_ticks);
+        let outcome = async {
+            let model = match model {
+                Some(model) => model,
+                None => self.pre.instantiate_async(&mut store).await?,
+            };
+            let output = model
+                .weir_pipeline_stage()
+                .call_process(&mut store, &self.config, &input)
+                .await?;
             Ok((output, model))
-        });
+        }
+        .await;
         let output = match outcome {
             Ok((output, model)) => {
                 if let Some(warm) = &self.warm {
