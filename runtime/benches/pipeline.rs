@@ -1,5 +1,7 @@
 //! One in-process execution of the iris pipeline (decode → validate → three Wasm stages →
-//! encode) against the same computation written in plain Rust, in the same run.
+//! encode) against the same computation written in plain Rust, in the same run: with a fresh
+//! instance per stage (the default), without the built-in stages, and with every stage opted
+//! into reusing warm instances.
 //!
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
@@ -171,6 +173,14 @@ fn bench(c: &mut Criterion) {
     bare.observe = None;
     registry.deploy(&bare).unwrap();
     let bare = registry.get("iris-bare", None).unwrap();
+    // The iris pipeline with every stage opted into reusing warm instances.
+    let mut reused = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
+    reused.name = "iris-reused".into();
+    for stage in reused.stages_mut() {
+        stage.reuse_instances = true;
+    }
+    registry.deploy(&reused).unwrap();
+    let reused = registry.get("iris-reused", None).unwrap();
     let plain = PlainIris::load();
 
     let answer = |p: &Pipeline| -> Value {
@@ -182,11 +192,13 @@ fn bench(c: &mut Criterion) {
         .unwrap()
     };
     let plain_out: Value = serde_json::from_slice(&plain.infer_json(REQUEST.as_bytes())).unwrap();
-    assert_eq!(
-        answer(&pipeline)["outputs"][0],
-        plain_out["outputs"][0],
-        "the baseline computes the same answer"
-    );
+    for p in [&pipeline, &reused] {
+        assert_eq!(
+            answer(p)["outputs"][0],
+            plain_out["outputs"][0],
+            "the baseline computes the same answer"
+        );
+    }
     let bare_out = answer(&bare);
     let bare_label = bare_out["outputs"]
         .as_array()
@@ -219,6 +231,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             block_on(infer(
                 &bare,
+                REQUEST.as_bytes(),
+                None,
+                &mut Trace::default(),
+            ))
+            .unwrap()
+            .body
+        })
+    });
+    group.bench_function("weir_pipeline_reused_instances", |b| {
+        b.iter(|| {
+            block_on(infer(
+                &reused,
                 REQUEST.as_bytes(),
                 None,
                 &mut Trace::default(),
