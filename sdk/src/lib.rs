@@ -11,7 +11,7 @@
 //! /// Multiplies every value of the `x` tensor by a factor from the manifest.
 //! struct Scale;
 //!
-//! #[derive(serde::Deserialize)]
+//! #[derive(serde::Deserialize, Clone)]
 //! struct Config {
 //!     factor: f64,
 //! }
@@ -66,7 +66,7 @@ pub use bindings::weir::pipeline::types::StageError;
 /// earlier requests and may allocate freely: the whole instance is dropped afterwards.
 pub trait Stage {
     /// The stage's configuration, decoded from the manifest's `config` table.
-    type Config: serde::de::DeserializeOwned;
+    type Config: serde::de::DeserializeOwned + Clone + 'static;
 
     /// Turn the input batch into the batch for the next stage.
     fn process(config: Self::Config, batch: Batch) -> Result<Batch, StageError>;
@@ -112,9 +112,29 @@ pub fn run<S: Stage>(
     config: String,
     batch: bindings::weir::pipeline::types::Batch,
 ) -> Result<bindings::weir::pipeline::types::Batch, StageError> {
-    let config: S::Config = serde_json::from_str(&config)
-        .map_err(|e| StageError::Failure(format!("invalid stage config: {e}")))?;
-    S::process(config, Batch::from(batch)).map(Into::into)
+    S::process(decoded_config::<S>(config)?, Batch::from(batch)).map(Into::into)
+}
+
+thread_local! {
+    /// The last config text and what it decoded to. A fresh instance per request decodes once
+    /// anyway; an instance the manifest reuses decodes its config once, not once per request.
+    static CONFIG: std::cell::RefCell<Option<(String, Box<dyn std::any::Any>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn decoded_config<S: Stage>(text: String) -> Result<S::Config, StageError> {
+    CONFIG.with_borrow_mut(|cached| {
+        if let Some((seen, config)) = cached.as_ref()
+            && *seen == text
+            && let Some(config) = config.downcast_ref::<S::Config>()
+        {
+            return Ok(config.clone());
+        }
+        let config: S::Config = serde_json::from_str(&text)
+            .map_err(|e| StageError::Failure(format!("invalid stage config: {e}")))?;
+        *cached = Some((text, Box::new(config.clone())));
+        Ok(config)
+    })
 }
 
 /// Export a type that implements [`Stage`] as this component's `process` function.

@@ -9,7 +9,7 @@ use weir_sdk::{Batch, Stage, StageError, Tensor};
 
 struct LabelMap;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
     labels: Vec<String>,

@@ -11,7 +11,7 @@ use weir_sdk::{Batch, Stage, StageError, Tensor};
 
 struct LogisticRegression;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
     #[serde(default = "default_artifact")]
@@ -33,7 +33,7 @@ fn default_output() -> String {
 }
 
 /// The fitted weights, as `train.py` exports them from scikit-learn.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Weights {
     coef: Vec<Vec<f64>>,
     intercept: Vec<f64>,

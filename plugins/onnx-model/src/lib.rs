@@ -13,7 +13,7 @@ use weir_sdk::{Batch, Stage, StageError};
 
 struct OnnxModel;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
     #[serde(default = "default_graph")]

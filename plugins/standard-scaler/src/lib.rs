@@ -12,7 +12,7 @@ use weir_sdk::{Batch, Stage, StageError, Tensor};
 
 struct StandardScaler;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
     mean: PerColumn,
@@ -25,7 +25,7 @@ struct Config {
 }
 
 /// One value per column, or one value for all of them.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum PerColumn {
     All(f64),

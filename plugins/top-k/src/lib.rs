@@ -11,7 +11,7 @@ use weir_sdk::{Batch, Stage, StageError, Tensor};
 
 struct TopK;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
     k: usize,

@@ -8,7 +8,7 @@ use weir_sdk::{Batch, Stage, StageError, Tensor};
 
 struct FaultyStage;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     /// Return the input batch unchanged, logging how many tensors it holds.
@@ -36,7 +36,7 @@ enum Mode {
 /// Calls served by this instance, for [`Mode::Count`].
 static CALLS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Config {
     mode: Mode,
     #[serde(default)]
