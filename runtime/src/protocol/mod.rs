@@ -39,8 +39,9 @@ struct RequestInput {
     datatype: String,
     #[serde(default)]
     parameters: Parameters,
-    /// Absent when the tensor travels in the binary part (`binary_data_size`).
-    data: Option<Value>,
+    /// Absent when the tensor travels in the binary part (`binary_data_size`). Kept as text
+    /// until the datatype is known, then decoded straight into bytes.
+    data: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize)]
