@@ -7,15 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
+use common::{block_on, deploy_both, registry};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tract_onnx::prelude::*;
-use weir::engine::Engine;
 use weir::http::inference::infer;
-use weir::pipeline::manifest::Manifest;
-use weir::pipeline::{Registry, Trace};
-use weir::store::Store;
+use weir::pipeline::Trace;
 
 fn digits_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/digits")
@@ -139,35 +139,9 @@ fn request(rows: usize) -> String {
         .to_string()
 }
 
-/// Run one request's future to completion on this thread, as a server's worker would.
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        })
-        .block_on(future)
-}
-
 fn bench(c: &mut Criterion) {
-    let data_dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(data_dir.path()).unwrap());
-    let registry = Registry::open(Engine::new(None).unwrap(), store).unwrap();
-    registry
-        .deploy(&Manifest::load(&digits_dir().join("pipeline.toml")).unwrap())
-        .unwrap();
-    let pipeline = registry.get("digits", None).unwrap();
-    // The same pipeline with every stage opted into reusing warm instances.
-    let mut reused = Manifest::load(&digits_dir().join("pipeline.toml")).unwrap();
-    reused.name = "digits-reused".into();
-    for stage in reused.stages_mut() {
-        stage.reuse_instances = true;
-    }
-    registry.deploy(&reused).unwrap();
-    let reused = registry.get("digits-reused", None).unwrap();
+    let (registry, _data_dir) = registry();
+    let (pipeline, reused) = deploy_both(&registry, &digits_dir().join("pipeline.toml"));
     let native = NativeDigits::load();
 
     let mut group = c.benchmark_group("digits");

@@ -6,16 +6,16 @@
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
 use std::path::Path;
-use std::sync::Arc;
 
+mod common;
+
+use common::{block_on, deploy_both, registry};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use weir::engine::Engine;
 use weir::http::inference::infer;
 use weir::pipeline::manifest::Manifest;
-use weir::pipeline::{Pipeline, Registry, Trace};
-use weir::store::Store;
+use weir::pipeline::{Pipeline, Trace};
 
 const REQUEST: &str = r#"{"id":"bench","inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
 
@@ -145,26 +145,9 @@ impl PlainIris {
     }
 }
 
-/// Run one request's future to completion on this thread, as a server's worker would.
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        })
-        .block_on(future)
-}
-
 fn bench(c: &mut Criterion) {
-    let data_dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(data_dir.path()).unwrap());
-    let registry = Registry::open(Engine::new(None).unwrap(), store).unwrap();
-    let manifest = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
-    registry.deploy(&manifest).unwrap();
-    let pipeline = registry.get("iris", None).unwrap();
+    let (registry, _data_dir) = registry();
+    let (pipeline, reused) = deploy_both(&registry, &iris_dir().join("pipeline.toml"));
     // The same stages with no built-in stage: no declared inputs or outputs, no monitor.
     let mut bare = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
     bare.name = "iris-bare".into();
@@ -173,14 +156,6 @@ fn bench(c: &mut Criterion) {
     bare.observe = None;
     registry.deploy(&bare).unwrap();
     let bare = registry.get("iris-bare", None).unwrap();
-    // The iris pipeline with every stage opted into reusing warm instances.
-    let mut reused = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
-    reused.name = "iris-reused".into();
-    for stage in reused.stages_mut() {
-        stage.reuse_instances = true;
-    }
-    registry.deploy(&reused).unwrap();
-    let reused = registry.get("iris-reused", None).unwrap();
     let plain = PlainIris::load();
 
     let answer = |p: &Pipeline| -> Value {
