@@ -26,16 +26,19 @@ pub const PLATFORM: &str = "weir_wasm_pipeline";
 /// The V2 routes; inference needs the inference token when the server has one (health and
 /// metadata stay open for probes).
 pub fn routes(state: &AppState) -> Router<AppState> {
-    let infer = Router::new()
+    let mut infer = Router::new()
         .route("/v2/models/{model}/infer", post(infer_route))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_route),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
+        );
+    // Without an inference token there is nothing to check: no layer, no cost per request.
+    if state.inference_token.is_some() {
+        infer = infer.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             super::auth::require_inference,
         ));
+    }
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
