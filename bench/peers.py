@@ -224,6 +224,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--only", help="comma-separated servers to run (default: all)")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers started below are stopped either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     python = setup()
     print(f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, wrk -t1, {args.seconds} s per run")
     with tempfile.TemporaryDirectory(prefix="weir-peers-") as tmp:
