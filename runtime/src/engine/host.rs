@@ -133,9 +133,7 @@ impl HostState {
             graphs: &self.stage.graphs,
         }
     }
-}
 
-impl HostState {
     /// Flush the guest's output after a call, so a reused instance logs each request's lines
     /// under that request's budget.
     pub fn end_call(&mut self) {
@@ -174,8 +172,8 @@ pub fn start_call(store: &mut Store<HostState>, deadline_ticks: u64) {
 }
 
 /// The imports a component in `kind`'s slot may use: WASI with no capabilities granted, the
-/// `log` interface, and for model stages the `artifacts` and `wasi:nn` interfaces. Anything else fails the
-/// type check when the stage is loaded, with an error naming the import.
+/// `log` interface, and for model stages the `artifacts` and `wasi:nn` interfaces. Anything
+/// else fails the type check when the stage is loaded, with an error naming the import.
 pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
