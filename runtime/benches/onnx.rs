@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{block_on, deploy_both, registry};
+use common::{Request, Response, block_on, deploy_both, output, registry};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tract_onnx::prelude::*;
 use weir::http::inference::infer;
@@ -24,48 +23,6 @@ fn digits_dir() -> PathBuf {
 /// The digits request served natively: serde, x / 16, tract, top 3, serde. The baseline.
 struct NativeDigits {
     plan: Arc<TypedRunnableModel>,
-}
-
-#[derive(Deserialize)]
-struct Request {
-    id: Option<String>,
-    inputs: Vec<Input>,
-}
-
-#[derive(Deserialize)]
-struct Input {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
-
-#[derive(Serialize)]
-struct Response<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    id: Option<String>,
-    outputs: (Output<i64>, Output<f32>, Output<i64>, Output<f32>),
-}
-
-#[derive(Serialize)]
-struct Output<T> {
-    name: &'static str,
-    datatype: &'static str,
-    shape: Vec<usize>,
-    data: Vec<T>,
-}
-
-fn output<T>(
-    name: &'static str,
-    datatype: &'static str,
-    shape: Vec<usize>,
-    data: Vec<T>,
-) -> Output<T> {
-    Output {
-        name,
-        datatype,
-        shape,
-        data,
-    }
 }
 
 impl NativeDigits {
@@ -82,7 +39,7 @@ impl NativeDigits {
     }
 
     fn infer_json(&self, body: &[u8]) -> Vec<u8> {
-        let request: Request = serde_json::from_slice(body).unwrap();
+        let request: Request<f32> = serde_json::from_slice(body).unwrap();
         let input = &request.inputs[0];
         let rows = input.shape[0];
         let scaled: Vec<f32> = input.data.iter().map(|v| v / 16.0).collect();

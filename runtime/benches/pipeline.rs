@@ -9,9 +9,8 @@ use std::path::Path;
 
 mod common;
 
-use common::{block_on, deploy_both, registry};
+use common::{Request, Response, block_on, deploy_both, output, registry};
 use criterion::{Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir::http::inference::infer;
 use weir::pipeline::manifest::Manifest;
@@ -30,34 +29,6 @@ struct PlainIris {
     coef: Vec<Vec<f64>>,
     intercept: Vec<f64>,
     labels: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Request {
-    id: Option<String>,
-    inputs: Vec<Input>,
-}
-
-#[derive(Deserialize)]
-struct Input {
-    shape: Vec<usize>,
-    data: Vec<f64>,
-}
-
-#[derive(Serialize)]
-struct Response<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    id: Option<String>,
-    outputs: (Output<&'a str>, Output<f32>),
-}
-
-#[derive(Serialize)]
-struct Output<T> {
-    name: &'static str,
-    datatype: &'static str,
-    shape: Vec<usize>,
-    data: Vec<T>,
 }
 
 impl PlainIris {
@@ -91,7 +62,7 @@ impl PlainIris {
     }
 
     fn infer_json(&self, body: &[u8]) -> Vec<u8> {
-        let request: Request = serde_json::from_slice(body).unwrap();
+        let request: Request<f64> = serde_json::from_slice(body).unwrap();
         let input = &request.inputs[0];
         let (rows, cols) = (input.shape[0], input.shape[1]);
         let mut labels = Vec::with_capacity(rows);
@@ -127,18 +98,8 @@ impl PlainIris {
             model_version: "1",
             id: request.id,
             outputs: (
-                Output {
-                    name: "label",
-                    datatype: "BYTES",
-                    shape: vec![rows],
-                    data: labels,
-                },
-                Output {
-                    name: "probabilities",
-                    datatype: "FP32",
-                    shape: vec![rows, classes],
-                    data: probabilities,
-                },
+                output("label", "BYTES", vec![rows], labels),
+                output("probabilities", "FP32", vec![rows, classes], probabilities),
             ),
         })
         .unwrap()

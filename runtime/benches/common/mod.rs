@@ -1,9 +1,11 @@
 //! What the benchmarks share: a registry on a scratch store, the reused-instances variant of
-//! a pipeline, and a way to run a request's future as a server's worker would.
+//! a pipeline, a way to run a request's future as a server's worker would, and the V2 types
+//! a plain-Rust baseline decodes and encodes.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use serde::{Deserialize, Serialize};
 use weir::engine::Engine;
 use weir::pipeline::manifest::Manifest;
 use weir::pipeline::{Pipeline, Registry};
@@ -48,4 +50,48 @@ pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
                 .unwrap()
         })
         .block_on(future)
+}
+
+/// A V2 request of one input, as a plain-Rust server would type it.
+#[derive(Deserialize)]
+pub struct Request<T> {
+    pub id: Option<String>,
+    pub inputs: Vec<Input<T>>,
+}
+
+#[derive(Deserialize)]
+pub struct Input<T> {
+    pub shape: Vec<usize>,
+    pub data: Vec<T>,
+}
+
+/// A V2 response whose `outputs` is a tuple of [`Output`]s.
+#[derive(Serialize)]
+pub struct Response<'a, O> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub id: Option<String>,
+    pub outputs: O,
+}
+
+#[derive(Serialize)]
+pub struct Output<T> {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: Vec<T>,
+}
+
+pub fn output<T>(
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<usize>,
+    data: Vec<T>,
+) -> Output<T> {
+    Output {
+        name,
+        datatype,
+        shape,
+        data,
+    }
 }
