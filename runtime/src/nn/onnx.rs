@@ -14,8 +14,9 @@ use super::{NnError, TensorType, WasiTensor};
 #[cfg(target_endian = "big")]
 compile_error!("wasi:nn tensors are little-endian bytes, and the ONNX backend copies them as-is");
 
-/// A dimension the ONNX file leaves open (skl2onnx's batch dimension, `None` in Python) is
-/// this symbol, resolved from each request's input shape: a batch of N rows is one execution.
+/// A first dimension the ONNX file leaves open (skl2onnx's batch dimension, `None` in Python)
+/// is this symbol, shared by every input and resolved from each request's shapes: a batch of N
+/// rows is one execution. Other open dimensions get a symbol of their own each.
 const BATCH_SYMBOL: &str = "N";
 
 /// An ONNX model, optimized and ready to run.
@@ -58,14 +59,25 @@ impl OnnxGraph {
             .model_for_proto_model(proto)
             .context("reading the ONNX graph")?;
         refuse_unsupported_operators(&model, proto)?;
-        let batch = model.symbols.sym(BATCH_SYMBOL);
         for index in 0..model.inputs.len() {
             let fact = model.input_fact(index)?.clone();
             if fact.shape.is_open() {
                 bail!("graph input #{index} has no declared rank");
             }
-            let open = |d: &DimFact| d.concretize().unwrap_or_else(|| batch.clone().into());
-            let dims: TVec<TDim> = fact.shape.dims().map(open).collect();
+            let dims: TVec<TDim> = fact
+                .shape
+                .dims()
+                .enumerate()
+                .map(|(axis, d): (usize, &DimFact)| {
+                    d.concretize().unwrap_or_else(|| {
+                        let name = match axis {
+                            0 => BATCH_SYMBOL.to_owned(),
+                            _ => format!("{BATCH_SYMBOL}_{index}_{axis}"),
+                        };
+                        model.symbols.sym(&name).into()
+                    })
+                })
+                .collect();
             let datum_type = fact
                 .datum_type
                 .concretize()
@@ -182,12 +194,17 @@ impl Port {
             .map_err(|e| NnError::invalid(format!("tensor '{name}': {e}")))
     }
 
-    /// `[N, 64]`: open dimensions as `N`.
+    /// `[N, 64]`: an open first dimension as `N`, other open ones as `?`.
     fn describe_shape(&self) -> String {
         let dims: Vec<String> = self
             .shape
             .iter()
-            .map(|d| d.map_or(BATCH_SYMBOL.to_owned(), |d| d.to_string()))
+            .enumerate()
+            .map(|(axis, d)| match (axis, d) {
+                (_, Some(d)) => d.to_string(),
+                (0, None) => BATCH_SYMBOL.to_owned(),
+                (_, None) => "?".to_owned(),
+            })
             .collect();
         format!("[{}]", dims.join(", "))
     }
@@ -391,6 +408,67 @@ mod tests {
             format!("{error:#}").contains("operator com.example.FancyActivation"),
             "{error:#}"
         );
+    }
+
+    /// `y = relu(x)`, with `x` FP32 of two open dimensions.
+    fn relu_of_two_open_dimensions() -> ModelProto {
+        use tract_onnx::pb::*;
+        let open = tensor_shape_proto::Dimension::default;
+        let value = |name: &str| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: vec![open(), open()],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                version: 17,
+                ..Default::default()
+            }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    name: "relu".into(),
+                    op_type: "Relu".into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn open_dimensions_after_the_first_are_independent_of_the_batch() {
+        let graph = OnnxGraph::load(&relu_of_two_open_dimensions()).unwrap();
+        let values = [-1.0f32, 2.0, -3.0, 4.0, 5.0, -6.0];
+        let x = WasiTensor {
+            dimensions: vec![2, 3],
+            ty: TensorType::Fp32,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let outputs = graph.run(vec![("x".into(), x)]).unwrap();
+        assert_eq!(outputs[0].1.dimensions, [2, 3]);
+        let y: Vec<f32> = outputs[0]
+            .1
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(y, [0.0, 2.0, 0.0, 4.0, 5.0, 0.0]);
+        let wide = graph.run(vec![("x".into(), pixels(1, 5))]).unwrap();
+        assert_eq!(wide[0].1.dimensions, [1, 5]);
     }
 
     #[test]
