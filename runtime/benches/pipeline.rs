@@ -151,42 +151,24 @@ fn bench(c: &mut Criterion) {
     group.bench_function("plain_rust", |b| {
         b.iter(|| plain.infer_json(REQUEST.as_bytes()))
     });
-    group.bench_function("weir_pipeline", |b| {
-        b.iter(|| {
-            block_on(infer(
-                &pipeline,
-                REQUEST.as_bytes(),
-                None,
-                &mut Trace::default(),
-            ))
-            .unwrap()
-            .body
-        })
-    });
-    group.bench_function("weir_pipeline_without_builtins", |b| {
-        b.iter(|| {
-            block_on(infer(
-                &bare,
-                REQUEST.as_bytes(),
-                None,
-                &mut Trace::default(),
-            ))
-            .unwrap()
-            .body
-        })
-    });
-    group.bench_function("weir_pipeline_reused_instances", |b| {
-        b.iter(|| {
-            block_on(infer(
-                &reused,
-                REQUEST.as_bytes(),
-                None,
-                &mut Trace::default(),
-            ))
-            .unwrap()
-            .body
-        })
-    });
+    for (name, pipeline) in [
+        ("weir_pipeline", &pipeline),
+        ("weir_pipeline_without_builtins", &bare),
+        ("weir_pipeline_reused_instances", &reused),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                block_on(infer(
+                    pipeline,
+                    REQUEST.as_bytes(),
+                    None,
+                    &mut Trace::default(),
+                ))
+                .unwrap()
+                .body
+            })
+        });
+    }
     group.finish();
 
     // The drift monitor alone, on a batch of 64 rows: divide by 64 for the cost per row.
