@@ -109,9 +109,16 @@ fn bare_model(dir: &Path, model: &[u8]) -> Manifest {
     Manifest::parse(text, dir).unwrap()
 }
 
-fn deploy_error(manifest: &Manifest) -> String {
-    let (registry, _dir) = registry(&[]);
-    match registry.deploy(manifest) {
+/// The digits example's ONNX model.
+fn mlp() -> Vec<u8> {
+    std::fs::read(digits_dir().join("mlp.onnx")).unwrap()
+}
+
+/// Why deploying [`bare_model`] with `model` is refused.
+fn deploy_error(model: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _data) = registry(&[]);
+    match registry.deploy(&bare_model(dir.path(), model)) {
         Ok(_) => panic!("the pipeline deployed"),
         Err(e) => e.to_string(),
     }
@@ -119,9 +126,8 @@ fn deploy_error(manifest: &Manifest) -> String {
 
 #[test]
 fn an_artifact_that_is_not_onnx_is_refused_at_deploy() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(digits_dir().join("mlp.onnx")).unwrap();
-    let message = deploy_error(&bare_model(dir.path(), &model[..model.len() / 2]));
+    let model = mlp();
+    let message = deploy_error(&model[..model.len() / 2]);
     assert!(
         message.contains("'model' is not an ONNX model"),
         "{message}"
@@ -130,13 +136,11 @@ fn an_artifact_that_is_not_onnx_is_refused_at_deploy() {
 
 #[test]
 fn an_operator_the_backend_lacks_is_refused_at_deploy_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(digits_dir().join("mlp.onnx")).unwrap();
-    let mut model = tract_onnx::pb::ModelProto::decode(&*bytes).unwrap();
+    let mut model = tract_onnx::pb::ModelProto::decode(&*mlp()).unwrap();
     let node = &mut model.graph.as_mut().unwrap().node[3];
     node.op_type = "FancyActivation".into();
     node.domain = "com.example".into();
-    let message = deploy_error(&bare_model(dir.path(), &model.encode_to_vec()));
+    let message = deploy_error(&model.encode_to_vec());
     assert!(
         message.contains("does not support the operator com.example.FancyActivation"),
         "{message}"
@@ -146,8 +150,7 @@ fn an_operator_the_backend_lacks_is_refused_at_deploy_by_name() {
 #[test]
 fn a_tensor_the_graph_does_not_take_is_400_naming_it_and_serving_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(digits_dir().join("mlp.onnx")).unwrap();
-    let server = TestServer::start(&[bare_model(dir.path(), &model)]);
+    let server = TestServer::start(&[bare_model(dir.path(), &mlp())]);
     let send = |datatype: &str, width: usize| {
         let request = json!({
             "inputs": [{ "name": "pixels", "shape": [2, width], "datatype": datatype,

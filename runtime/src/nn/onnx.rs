@@ -339,13 +339,27 @@ mod tests {
 
     const DIGITS: &[u8] = include_bytes!("../../../examples/digits/mlp.onnx");
 
+    /// An FP32 tensor of `values` in `dimensions`.
+    fn fp32(dimensions: Vec<u32>, values: impl IntoIterator<Item = f32>) -> WasiTensor {
+        WasiTensor {
+            dimensions,
+            ty: TensorType::Fp32,
+            data: values.into_iter().flat_map(f32::to_le_bytes).collect(),
+        }
+    }
+
+    /// The values of an FP32 tensor.
+    fn floats(tensor: &WasiTensor) -> Vec<f32> {
+        tensor
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
     fn pixels(rows: u32, columns: u32) -> WasiTensor {
         let values = (0..rows * columns).map(|i| (i % 17) as f32 / 16.0);
-        WasiTensor {
-            dimensions: vec![rows, columns],
-            ty: TensorType::Fp32,
-            data: values.flat_map(f32::to_le_bytes).collect(),
-        }
+        fp32(vec![rows, columns], values)
     }
 
     fn digits() -> OnnxGraph {
@@ -360,13 +374,7 @@ mod tests {
         assert_eq!(outputs[0].1.dimensions, [5]);
         assert_eq!(outputs[0].1.ty, TensorType::I64);
         assert_eq!(outputs[1].1.dimensions, [5, 10]);
-        let probabilities: Vec<f32> = outputs[1]
-            .1
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        for row in probabilities.chunks_exact(10) {
+        for row in floats(&outputs[1].1).chunks_exact(10) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
         }
     }
@@ -452,21 +460,10 @@ mod tests {
     #[test]
     fn open_dimensions_after_the_first_are_independent_of_the_batch() {
         let graph = OnnxGraph::load(&relu_of_two_open_dimensions()).unwrap();
-        let values = [-1.0f32, 2.0, -3.0, 4.0, 5.0, -6.0];
-        let x = WasiTensor {
-            dimensions: vec![2, 3],
-            ty: TensorType::Fp32,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
+        let x = fp32(vec![2, 3], [-1.0, 2.0, -3.0, 4.0, 5.0, -6.0]);
         let outputs = graph.run(vec![("x".into(), x)]).unwrap();
         assert_eq!(outputs[0].1.dimensions, [2, 3]);
-        let y: Vec<f32> = outputs[0]
-            .1
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(y, [0.0, 2.0, 0.0, 4.0, 5.0, 0.0]);
+        assert_eq!(floats(&outputs[0].1), [0.0, 2.0, 0.0, 4.0, 5.0, 0.0]);
         let wide = graph.run(vec![("x".into(), pixels(1, 5))]).unwrap();
         assert_eq!(wide[0].1.dimensions, [1, 5]);
     }
