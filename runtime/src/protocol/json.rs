@@ -102,11 +102,13 @@ impl Level<'_, '_> {
         error
     }
 
-    fn mismatch(&self, depth: usize) -> String {
-        format!(
+    /// Fail because nested data does not follow the shape at `depth`.
+    fn mismatched<E: de::Error>(self, depth: usize) -> E {
+        let message = format!(
             "nested data does not match shape {:?} at depth {depth}",
             self.decoder.shape
-        )
+        );
+        self.fail(message)
     }
 
     fn scalar<E: de::Error>(self, value: Scalar) -> Result<(), E> {
@@ -118,8 +120,8 @@ impl Level<'_, '_> {
             d.layout = Layout::Flat;
         }
         if d.layout == Layout::Nested && self.depth != d.shape.len() {
-            let message = self.mismatch(self.depth);
-            return Err(self.fail(message));
+            let depth = self.depth;
+            return Err(self.mismatched(depth));
         }
         match d.element(&value) {
             Ok(()) => Ok(()),
@@ -146,8 +148,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
             return Err(self.fail(message));
         }
         if depth > 0 && depth >= d.shape.len() {
-            let message = self.mismatch(depth);
-            return Err(self.fail(message));
+            return Err(self.mismatched(depth));
         }
         let mut seen = 0u64;
         loop {
@@ -161,14 +162,12 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
             seen += 1;
             let d = &*self.decoder;
             if d.layout == Layout::Nested && d.shape.get(depth).is_none_or(|&n| seen > n) {
-                let message = self.mismatch(depth);
-                return Err(self.fail(message));
+                return Err(self.mismatched(depth));
             }
         }
         let d = &*self.decoder;
         if d.layout == Layout::Nested && d.shape.get(depth) != Some(&seen) {
-            let message = self.mismatch(depth);
-            return Err(self.fail(message));
+            return Err(self.mismatched(depth));
         }
         Ok(())
     }
