@@ -11,6 +11,10 @@ use weir::pipeline::manifest::Manifest;
 use weir::pipeline::{Pipeline, Registry};
 use weir::store::Store;
 
+/// The server's allocator (`src/main.rs`), so in-process numbers match what it serves.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A registry on a store in a temporary directory (kept alive by the returned guard).
 pub fn registry() -> (Registry, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();
