@@ -9,9 +9,11 @@
 //! use weir_sdk::{Batch, Stage, StageError, Tensor};
 //!
 //! /// Multiplies every value of the `x` tensor by a factor from the manifest.
-//! struct Scale;
+//! struct Scale {
+//!     factor: f64,
+//! }
 //!
-//! #[derive(serde::Deserialize, Clone)]
+//! #[derive(serde::Deserialize)]
 //! struct Config {
 //!     factor: f64,
 //! }
@@ -19,9 +21,16 @@
 //! impl Stage for Scale {
 //!     type Config = Config;
 //!
-//!     fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
+//!     fn new(config: Config) -> Result<Scale, StageError> {
+//!         if !config.factor.is_finite() {
+//!             return Err(StageError::Failure("`factor` must be a finite number".into()));
+//!         }
+//!         Ok(Scale { factor: config.factor })
+//!     }
+//!
+//!     fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
 //!         let x = batch.take("x")?;
-//!         let scaled: Vec<f64> = x.to_f64()?.iter().map(|v| v * config.factor).collect();
+//!         let scaled: Vec<f64> = x.to_f64()?.iter().map(|v| v * self.factor).collect();
 //!         batch.push(Tensor::new("x", x.shape().to_vec(), &scaled));
 //!         Ok(batch)
 //!     }
@@ -31,7 +40,9 @@
 //! ```
 //!
 //! Configuration comes from the stage's `config` table in the pipeline manifest, decoded into
-//! `Stage::Config` with serde; a stage that needs none uses `serde::de::IgnoredAny`. Model
+//! `Stage::Config` with serde and handed to `Stage::new`, which prepares what every request
+//! needs (checked settings, parsed weights); a stage that needs none uses
+//! `serde::de::IgnoredAny`. Model
 //! weights are read with [`artifact`], and log lines sent with the functions in [`log`]. A model
 //! stage can run an ONNX artifact natively on the host with [`nn::compute`].
 
@@ -60,16 +71,24 @@ pub mod bindings {
 /// sent data this stage cannot use) and `Failure` with HTTP 500 (the stage or its config is wrong).
 pub use bindings::weir::pipeline::types::StageError;
 
-/// One stage of a pipeline: a pure function from a batch to a batch.
+/// One stage of a pipeline: a pure function from a batch to a batch, prepared once from its
+/// config.
 ///
 /// The host creates a fresh instance for every request, so `process` sees no state from
-/// earlier requests and may allocate freely: the whole instance is dropped afterwards.
-pub trait Stage {
+/// earlier requests and may allocate freely: the whole instance is dropped afterwards. A
+/// pipeline may opt a stage into reusing warm instances (`reuse_instances`); then `new` runs
+/// once per instance (again if the config changes) and `process` serves many requests with
+/// the same `self`, which is why it gets `&self`.
+pub trait Stage: Sized + 'static {
     /// The stage's configuration, decoded from the manifest's `config` table.
-    type Config: serde::de::DeserializeOwned + Clone + 'static;
+    type Config: serde::de::DeserializeOwned;
+
+    /// Prepare the stage: check the config, read and parse artifacts. An error here fails
+    /// the request like an error from `process`.
+    fn new(config: Self::Config) -> Result<Self, StageError>;
 
     /// Turn the input batch into the batch for the next stage.
-    fn process(config: Self::Config, batch: Batch) -> Result<Batch, StageError>;
+    fn process(&self, batch: Batch) -> Result<Batch, StageError>;
 }
 
 /// The bytes of the model artifact the pipeline manifest names `name` for this stage.
@@ -106,35 +125,35 @@ pub mod log {
     }
 }
 
-/// Decode the config and run the stage; what the exported `process` function does.
+/// Prepare the stage for this config (unless this instance already has) and run it; what the
+/// exported `process` function does.
 #[doc(hidden)]
 pub fn run<S: Stage>(
     config: String,
     batch: bindings::weir::pipeline::types::Batch,
 ) -> Result<bindings::weir::pipeline::types::Batch, StageError> {
-    S::process(decoded_config::<S>(config)?, Batch::from(batch)).map(Into::into)
+    PREPARED.with_borrow_mut(|prepared| {
+        let ready = matches!(prepared, Some((seen, stage)) if *seen == config && stage.is::<S>());
+        if !ready {
+            *prepared = None;
+            let decoded: S::Config = serde_json::from_str(&config)
+                .map_err(|e| StageError::Failure(format!("invalid stage config: {e}")))?;
+            *prepared = Some((config, Box::new(S::new(decoded)?)));
+        }
+        let stage = prepared
+            .as_ref()
+            .and_then(|(_, stage)| stage.downcast_ref::<S>())
+            .expect("prepared just above");
+        stage.process(Batch::from(batch)).map(Into::into)
+    })
 }
 
 thread_local! {
-    /// The last config text and what it decoded to. A fresh instance per request decodes once
-    /// anyway; an instance the manifest reuses decodes its config once, not once per request.
-    static CONFIG: std::cell::RefCell<Option<(String, Box<dyn std::any::Any>)>> =
+    /// The config text this instance's stage was prepared from, and the stage. A fresh
+    /// instance prepares once anyway; an instance the manifest reuses prepares once, not once
+    /// per request.
+    static PREPARED: std::cell::RefCell<Option<(String, Box<dyn std::any::Any>)>> =
         const { std::cell::RefCell::new(None) };
-}
-
-fn decoded_config<S: Stage>(text: String) -> Result<S::Config, StageError> {
-    CONFIG.with_borrow_mut(|cached| {
-        if let Some((seen, config)) = cached.as_ref()
-            && *seen == text
-            && let Some(config) = config.downcast_ref::<S::Config>()
-        {
-            return Ok(config.clone());
-        }
-        let config: S::Config = serde_json::from_str(&text)
-            .map_err(|e| StageError::Failure(format!("invalid stage config: {e}")))?;
-        *cached = Some((text, Box::new(config.clone())));
-        Ok(config)
-    })
 }
 
 /// Export a type that implements [`Stage`] as this component's `process` function.

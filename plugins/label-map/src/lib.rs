@@ -7,11 +7,9 @@
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError, Tensor};
 
-struct LabelMap;
-
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+struct LabelMap {
     labels: Vec<String>,
     #[serde(default = "default_input")]
     input: String,
@@ -38,24 +36,28 @@ fn argmax(row: &[f64]) -> usize {
 }
 
 impl Stage for LabelMap {
-    type Config = Config;
+    type Config = LabelMap;
 
-    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
-        let scores = batch.get(&config.input)?;
+    fn new(config: LabelMap) -> Result<LabelMap, StageError> {
+        Ok(config)
+    }
+
+    fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        let scores = batch.get(&self.input)?;
         let (rows, cols) = scores.matrix()?;
-        if cols != config.labels.len() {
+        if cols != self.labels.len() {
             return Err(StageError::Failure(format!(
                 "tensor '{}' has {cols} classes, the config names {}",
-                config.input,
-                config.labels.len()
+                self.input,
+                self.labels.len()
             )));
         }
         let values = scores.to_f64()?;
         let labels: Vec<&str> = values
             .chunks_exact(cols.max(1))
-            .map(|row| config.labels[argmax(row)].as_str())
+            .map(|row| self.labels[argmax(row)].as_str())
             .collect();
-        batch.push(Tensor::from_bytes(config.output, vec![rows as u64], labels));
+        batch.push(Tensor::from_bytes(self.output.clone(), vec![rows as u64], labels));
         Ok(batch)
     }
 }

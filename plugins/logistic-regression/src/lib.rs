@@ -9,9 +9,14 @@
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError, Tensor};
 
-struct LogisticRegression;
+/// The fitted weights and where to find the input and put the output.
+struct LogisticRegression {
+    weights: Weights,
+    input: String,
+    output: String,
+}
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     #[serde(default = "default_artifact")]
@@ -33,7 +38,7 @@ fn default_output() -> String {
 }
 
 /// The fitted weights, as `train.py` exports them from scikit-learn.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 struct Weights {
     coef: Vec<Vec<f64>>,
     intercept: Vec<f64>,
@@ -83,14 +88,22 @@ impl Weights {
 impl Stage for LogisticRegression {
     type Config = Config;
 
-    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
-        let weights = Weights::load(&config.artifact)?;
-        let input = batch.take(&config.input)?;
+    fn new(config: Config) -> Result<LogisticRegression, StageError> {
+        Ok(LogisticRegression {
+            weights: Weights::load(&config.artifact)?,
+            input: config.input,
+            output: config.output,
+        })
+    }
+
+    fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        let weights = &self.weights;
+        let input = batch.take(&self.input)?;
         let (rows, cols) = input.matrix()?;
         if cols != weights.features() {
             return Err(StageError::InvalidInput(format!(
                 "tensor '{}' has {cols} columns, the model expects {}",
-                config.input,
+                self.input,
                 weights.features()
             )));
         }
@@ -102,7 +115,7 @@ impl Stage for LogisticRegression {
             .collect();
         let classes = (probabilities.len() / rows.max(1)) as u64;
         batch.push(Tensor::new(
-            config.output,
+            self.output.clone(),
             vec![rows as u64, classes],
             &probabilities,
         ));

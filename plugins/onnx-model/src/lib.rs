@@ -11,11 +11,9 @@
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError};
 
-struct OnnxModel;
-
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+struct OnnxModel {
     #[serde(default = "default_graph")]
     graph: String,
     inputs: Option<Vec<String>>,
@@ -26,17 +24,21 @@ fn default_graph() -> String {
 }
 
 impl Stage for OnnxModel {
-    type Config = Config;
+    type Config = OnnxModel;
 
-    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
-        let inputs = match &config.inputs {
+    fn new(config: OnnxModel) -> Result<OnnxModel, StageError> {
+        Ok(config)
+    }
+
+    fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        let inputs = match &self.inputs {
             Some(names) => names
                 .iter()
                 .map(|name| batch.take(name))
                 .collect::<Result<Vec<_>, _>>()?,
             None => std::mem::take(&mut batch.tensors),
         };
-        for output in weir_sdk::nn::compute(&config.graph, inputs)? {
+        for output in weir_sdk::nn::compute(&self.graph, inputs)? {
             batch.push(output);
         }
         Ok(batch)

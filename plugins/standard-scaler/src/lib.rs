@@ -10,9 +10,16 @@
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError, Tensor};
 
-struct StandardScaler;
+/// The fitted scaler and where to find the input and put the output.
+struct StandardScaler {
+    mean: PerColumn,
+    scale: PerColumn,
+    input: String,
+    output: String,
+    datatype: OutputType,
+}
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     mean: PerColumn,
@@ -25,7 +32,7 @@ struct Config {
 }
 
 /// One value per column, or one value for all of them.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum PerColumn {
     All(f64),
@@ -33,11 +40,16 @@ enum PerColumn {
 }
 
 impl PerColumn {
-    /// The value for each of `cols` columns, or `None` when a list has another length.
-    fn expand(&self, cols: usize) -> Option<Vec<f64>> {
+    /// Whether there is a value for each of `cols` columns.
+    fn fits(&self, cols: usize) -> bool {
+        self.len().is_none_or(|len| len == cols)
+    }
+
+    /// The value for column `col` (which [`PerColumn::fits`]).
+    fn at(&self, col: usize) -> f64 {
         match self {
-            PerColumn::All(value) => Some(vec![*value; cols]),
-            PerColumn::Each(values) => (values.len() == cols).then(|| values.clone()),
+            PerColumn::All(value) => *value,
+            PerColumn::Each(values) => values[col],
         }
     }
 
@@ -45,6 +57,13 @@ impl PerColumn {
         match self {
             PerColumn::All(_) => None,
             PerColumn::Each(values) => Some(values.len()),
+        }
+    }
+
+    fn has_zero(&self) -> bool {
+        match self {
+            PerColumn::All(value) => *value == 0.0,
+            PerColumn::Each(values) => values.contains(&0.0),
         }
     }
 }
@@ -65,37 +84,45 @@ fn default_input() -> String {
 impl Stage for StandardScaler {
     type Config = Config;
 
-    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
-        let fitted = match (config.mean.len(), config.scale.len()) {
-            (Some(m), Some(s)) if m != s => {
-                return Err(StageError::Failure(
-                    "config needs as many `scale` values as `mean` values".into(),
-                ));
-            }
-            (m, s) => m.or(s),
-        };
-        let input = batch.take(&config.input)?;
+    fn new(config: Config) -> Result<StandardScaler, StageError> {
+        if let (Some(m), Some(s)) = (config.mean.len(), config.scale.len())
+            && m != s
+        {
+            return Err(StageError::Failure(
+                "config needs as many `scale` values as `mean` values".into(),
+            ));
+        }
+        if config.scale.has_zero() {
+            return Err(StageError::Failure("config `scale` must not be 0".into()));
+        }
+        Ok(StandardScaler {
+            output: config.output.unwrap_or_else(|| config.input.clone()),
+            mean: config.mean,
+            scale: config.scale,
+            input: config.input,
+            datatype: config.datatype,
+        })
+    }
+
+    fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        let input = batch.take(&self.input)?;
         let (_, cols) = input.matrix()?;
-        let (Some(mean), Some(scale)) = (config.mean.expand(cols), config.scale.expand(cols))
-        else {
+        if !self.mean.fits(cols) || !self.scale.fits(cols) {
             return Err(StageError::InvalidInput(format!(
                 "tensor '{}' has {cols} columns, the scaler was fit on {}",
-                config.input,
-                fitted.unwrap_or(cols)
+                self.input,
+                self.mean.len().or(self.scale.len()).unwrap_or(cols)
             )));
-        };
-        if scale.contains(&0.0) {
-            return Err(StageError::Failure("config `scale` must not be 0".into()));
         }
         let mut values = input.to_f64()?;
         for row in values.chunks_exact_mut(cols) {
-            for ((x, mean), scale) in row.iter_mut().zip(&mean).zip(&scale) {
-                *x = (*x - mean) / scale;
+            for (col, x) in row.iter_mut().enumerate() {
+                *x = (*x - self.mean.at(col)) / self.scale.at(col);
             }
         }
-        let output = config.output.unwrap_or(config.input);
+        let output = self.output.clone();
         let shape = input.shape().to_vec();
-        batch.push(match config.datatype {
+        batch.push(match self.datatype {
             OutputType::Fp64 => Tensor::new(output, shape, &values),
             OutputType::Fp32 => {
                 let narrow: Vec<f32> = values.iter().map(|&v| v as f32).collect();

@@ -9,11 +9,9 @@
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError, Tensor};
 
-struct TopK;
-
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+struct TopK {
     k: usize,
     #[serde(default = "default_input")]
     input: String,
@@ -37,15 +35,19 @@ fn best(row: &[f64], k: usize) -> Vec<usize> {
 }
 
 impl Stage for TopK {
-    type Config = Config;
+    type Config = TopK;
 
-    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
+    fn new(config: TopK) -> Result<TopK, StageError> {
         if config.k == 0 {
             return Err(StageError::Failure("config `k` must be at least 1".into()));
         }
-        let scores = batch.get(&config.input)?;
+        Ok(config)
+    }
+
+    fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        let scores = batch.get(&self.input)?;
         let (rows, cols) = scores.matrix()?;
-        let k = config.k.min(cols);
+        let k = self.k.min(cols);
         let values = scores.to_f64()?;
         let mut classes = Vec::with_capacity(rows * k);
         let mut top = Vec::with_capacity(rows * k);
@@ -57,12 +59,12 @@ impl Stage for TopK {
         }
         let shape = vec![rows as u64, k as u64];
         batch.push(Tensor::new(
-            format!("{}_classes", config.output),
+            format!("{}_classes", self.output),
             shape.clone(),
             &classes,
         ));
         batch.push(Tensor::new(
-            format!("{}_scores", config.output),
+            format!("{}_scores", self.output),
             shape,
             &top,
         ));

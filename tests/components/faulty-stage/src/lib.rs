@@ -6,9 +6,7 @@
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError, Tensor};
 
-struct FaultyStage;
-
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     /// Return the input batch unchanged, logging how many tensors it holds.
@@ -36,8 +34,8 @@ enum Mode {
 /// Calls served by this instance, for [`Mode::Count`].
 static CALLS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-#[derive(Deserialize, Clone)]
-struct Config {
+#[derive(Deserialize)]
+struct FaultyStage {
     mode: Mode,
     #[serde(default)]
     on_request: bool,
@@ -48,11 +46,15 @@ struct Config {
 }
 
 impl Stage for FaultyStage {
-    type Config = Config;
+    type Config = FaultyStage;
 
-    fn process(config: Config, mut batch: Batch) -> Result<Batch, StageError> {
-        let asked = !config.on_request || batch.parameter("fault").is_some();
-        if let Mode::Count = config.mode {
+    fn new(config: FaultyStage) -> Result<FaultyStage, StageError> {
+        Ok(config)
+    }
+
+    fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        let asked = !self.on_request || batch.parameter("fault").is_some();
+        if let Mode::Count = self.mode {
             let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if batch.parameter("fault").is_some() {
                 panic!("faulty-stage panics after {calls} calls");
@@ -60,7 +62,7 @@ impl Stage for FaultyStage {
             batch.push(Tensor::new("calls", vec![1], &[calls]));
             return Ok(batch);
         }
-        match config.mode {
+        match self.mode {
             _ if !asked => Ok(batch),
             Mode::Echo => {
                 weir_sdk::log::info(&format!("echoing {} tensors", batch.tensors.len()));
@@ -87,14 +89,14 @@ impl Stage for FaultyStage {
             )),
             Mode::Busy => {
                 let started = std::time::Instant::now();
-                while started.elapsed() < std::time::Duration::from_millis(config.ms) {
+                while started.elapsed() < std::time::Duration::from_millis(self.ms) {
                     std::hint::spin_loop();
                 }
                 Ok(batch)
             }
             Mode::Count => unreachable!("answered above"),
             Mode::Huge => {
-                let bytes = vec![7u8; config.mib << 20];
+                let bytes = vec![7u8; self.mib << 20];
                 batch.push(Tensor::new("huge", vec![bytes.len() as u64], &bytes));
                 Ok(batch)
             }

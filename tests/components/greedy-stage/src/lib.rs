@@ -10,7 +10,11 @@ struct GreedyStage;
 impl Stage for GreedyStage {
     type Config = IgnoredAny;
 
-    fn process(_: IgnoredAny, batch: Batch) -> Result<Batch, StageError> {
+    fn new(_: IgnoredAny) -> Result<GreedyStage, StageError> {
+        Ok(GreedyStage)
+    }
+
+    fn process(&self, batch: Batch) -> Result<Batch, StageError> {
         let secret = std::fs::read("/etc/passwd").unwrap_or_default();
         let leak = std::net::TcpStream::connect("127.0.0.1:9");
         if secret.is_empty() && leak.is_err() {
