@@ -110,6 +110,37 @@ fn swap_makes_the_next_version_and_rollback_restores_the_exact_answers() {
 }
 
 #[test]
+fn a_swap_to_a_config_the_stage_refuses_is_refused_naming_the_setting() {
+    let server = TestServer::start(&[iris()]);
+    let v1 = infer(&server, "/v2/models/iris/infer");
+    // The scaler checks its config once, when an instance prepares it (`Stage::new`): the
+    // deploy's warm-up call catches a bad value before any client sees the version.
+    for (config, cause) in [
+        (
+            json!({ "mean": 0.0, "scale": 0.0 }),
+            "config `scale` must not be 0",
+        ),
+        (
+            json!({ "mean": [1.0, 2.0], "scale": [1.0] }),
+            "as many `scale` values as `mean` values",
+        ),
+    ] {
+        let (status, body) = swap(&server, json!({ "stage": "preprocess", "config": config }));
+        assert_eq!(status, 400, "{body}");
+        let message = error_message(&body);
+        assert!(
+            message.contains("failed its warm-up call") && message.contains(cause),
+            "{message}"
+        );
+        let now = infer(&server, "/v2/models/iris/infer");
+        assert_eq!(
+            (&now["model_version"], &now["outputs"]),
+            (&v1["model_version"], &v1["outputs"])
+        );
+    }
+}
+
+#[test]
 fn a_swap_that_fails_its_warm_up_is_refused_and_the_old_version_keeps_serving() {
     let server = TestServer::start(&[faulty("echo", "echo", "")]);
     let request =
