@@ -8,14 +8,19 @@ Serves the iris model (StandardScaler + LogisticRegression, one row per request)
   - triton          NVIDIA Triton through PyTriton: a Python model function, dynamic batching;
   - ceiling         a bare hyper server answering a fixed V2 response (bench/ceiling): the most
                     HTTP + JSON this machine does with this load generator;
-and drives each with the same V2 JSON request from `wrk` at concurrency 1, 8 and 64, one server
-at a time. Prints req/s, p50, p99, CPU (cores busy) and peak RSS per server, then the ratios.
+and drives each with the same V2 JSON request from `wrk` at concurrency 1, 8 and 64.
+
+This machine's speed drifts (a quarter over minutes, on a shared VM), so Weir and the ceiling
+run side by side and are driven in turn, round after round (--rounds): each round's ratio
+comes from runs seconds apart, and the report gives medians over rounds. The Python peers,
+thirty times slower, run alone once. Prints req/s, p50, p99, CPU (cores busy) and peak RSS per
+server, then the ratios.
 
 Traffic goes to 127.0.0.1 only; every run is bounded (--seconds); the processes it starts are
 stopped when it ends, however it ends. The Python peers live in a venv the script creates
 (target/bench-venv, reused on the next run).
 
-Usage: python3 bench/peers.py [--seconds 10] [--only weir,ceiling]
+Usage: python3 bench/peers.py [--seconds 10] [--rounds 3] [--only weir,ceiling]
 Needs: cargo, python3 with venv, wrk (apt-get install wrk; installed if missing and root).
 """
 
@@ -25,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +45,8 @@ PEER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22",
 REQUEST = '{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
 CONCURRENCY = [1, 8, 64]
 PORT = 18300
+# Servers driven in turn, round after round, so that their ratios are paired in time.
+SIDE_BY_SIDE = ("ceiling", "weir", "weir-reused")
 
 
 def run(*args, **kwargs):
@@ -141,20 +149,26 @@ def wrk(url, concurrency, seconds, script):
     return rate, percentile(50), percentile(99), int(errors.group(1)) if errors else 0
 
 
-def measure(server, seconds, script):
-    server.wait_ready()
-    wrk(server.url, 8, 2, script)  # warm-up
-    rows = []
-    for c in CONCURRENCY:
-        cpu, started = server.cpu_seconds(), time.time()
-        rate, p50, p99, errors = wrk(server.url, c, seconds, script)
-        cores = (server.cpu_seconds() - cpu) / (time.time() - started)
-        rows.append(dict(server=server.name, c=c, rate=rate, p50=p50, p99=p99, errors=errors,
-                         cores=cores, rss=server.peak_rss_mb()))
-        print(f"  {server.name:12} c={c:<3} {rate:>9,.0f} req/s  p50 {p50:.3f} ms  "
-              f"p99 {p99:.3f} ms  cpu {cores:.2f}  rss {rows[-1]['rss']:.0f} MB"
-              + (f"  NON-2XX {errors}" if errors else ""), flush=True)
-    return rows
+def drive(server, concurrency, seconds, script):
+    """One wrk run against `server`, with the CPU its processes used meanwhile."""
+    cpu, started = server.cpu_seconds(), time.time()
+    rate, p50, p99, errors = wrk(server.url, concurrency, seconds, script)
+    cores = (server.cpu_seconds() - cpu) / (time.time() - started)
+    row = dict(server=server.name, c=concurrency, rate=rate, p50=p50, p99=p99, errors=errors,
+               cores=cores, rss=server.peak_rss_mb())
+    print(f"  {server.name:12} c={concurrency:<3} {rate:>9,.0f} req/s  p50 {p50:.3f} ms  "
+          f"p99 {p99:.3f} ms  cpu {cores:.2f}  rss {row['rss']:.0f} MB"
+          + (f"  NON-2XX {errors}" if errors else ""), flush=True)
+    return row
+
+
+def measure(group, started, seconds, script, rounds):
+    """Drive the `started` servers of `group` in turn, `rounds` times at each concurrency."""
+    for server in started:
+        server.wait_ready()
+        wrk(server.url, 8, 2, script)  # warm-up
+    return [dict(drive(server, c, seconds, script), group=group, round=r)
+            for c in CONCURRENCY for r in range(rounds) for server in started]
 
 
 def servers(python, work):
@@ -201,33 +215,65 @@ def servers(python, work):
     ], reused
 
 
-def report(rows):
-    print("\n| server | concurrency | req/s | p50 ms | p99 ms | CPU cores | peak RSS MB |")
+def summary(runs):
+    """One row per server and concurrency: medians over its rounds, the peak RSS of all."""
+    by_key = {}
+    for run in runs:
+        by_key.setdefault((run["server"], run["c"]), []).append(run)
+    rows = []
+    for (server, c), runs_of in by_key.items():
+        row = dict(server=server, c=c, rounds=len(runs_of), rss=max(r["rss"] for r in runs_of),
+                   errors=sum(r["errors"] for r in runs_of))
+        for key in ("rate", "p50", "p99", "cores"):
+            row[key] = statistics.median(r[key] for r in runs_of)
+        rows.append(row)
+    return rows
+
+
+def ratio(runs, a, b, c):
+    """Throughput of server `a` over `b` at concurrency `c`: the median of the ratios within
+    each round when they ran side by side, else the ratio of their medians."""
+    rates = {(r["server"], r["group"], r["round"]): r["rate"] for r in runs if r["c"] == c}
+    paired = [rate / rates[(b, group, rnd)] for (server, group, rnd), rate in rates.items()
+              if server == a and (b, group, rnd) in rates]
+    if paired:
+        return statistics.median(paired)
+    def of(name):
+        return [rate for (server, _, _), rate in rates.items() if server == name]
+    return statistics.median(of(a)) / statistics.median(of(b)) if of(a) and of(b) else None
+
+
+def report(runs):
+    rounds = max(r["round"] for r in runs) + 1
+    print(f"\n| server | concurrency | req/s | p50 ms | p99 ms | CPU cores | peak RSS MB |"
+          f"   (medians of up to {rounds} rounds)")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in summary(runs):
         errors = f" ({r['errors']} non-2xx)" if r["errors"] else ""
         print(f"| {r['server']} | {r['c']} | {r['rate']:,.0f}{errors} | {r['p50']:.3f} | "
               f"{r['p99']:.3f} | {r['cores']:.2f} | {r['rss']:.0f} |")
-    rate = {(r["server"], r["c"]): r["rate"] for r in rows}
     print("\n| ratio (throughput) | " + " | ".join(f"c={c}" for c in CONCURRENCY) + " |")
     print("|---|" + "---|" * len(CONCURRENCY))
     for weir in ("weir", "weir-reused"):
         for peer in ("mlserver", "triton", "ceiling"):
-            cells = [f"{rate[(weir, c)] / rate[(peer, c)]:.2f}x"
-                     if (weir, c) in rate and (peer, c) in rate else "-" for c in CONCURRENCY]
-            if any(cell != "-" for cell in cells):
-                print(f"| {weir} / {peer} | " + " | ".join(cells) + " |")
+            cells = [ratio(runs, weir, peer, c) for c in CONCURRENCY]
+            if any(cells):
+                print(f"| {weir} / {peer} | "
+                      + " | ".join(f"{x:.2f}x" if x else "-" for x in cells) + " |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds for the servers run side by side (Weir and the ceiling)")
     parser.add_argument("--only", help="comma-separated servers to run (default: all)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the servers started below are stopped either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     python = setup()
-    print(f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, wrk -t1, {args.seconds} s per run")
+    print(f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, wrk -t1, {args.seconds} s per run, "
+          f"{args.rounds} rounds side by side for {', '.join(SIDE_BY_SIDE)}")
     with tempfile.TemporaryDirectory(prefix="weir-peers-") as tmp:
         work = Path(tmp)
         script = work / "post.lua"
@@ -235,22 +281,29 @@ def main():
                           f"wrk.body = '{REQUEST}'\n")
         chosen, reused = servers(python, work)
         only = set(args.only.split(",")) if args.only else None
-        rows = []
+        chosen = [(name, start) for name, start in chosen if not only or name in only]
+        groups = [[c for c in chosen if c[0] in SIDE_BY_SIDE]]
+        groups += [[c] for c in chosen if c[0] not in SIDE_BY_SIDE]
+        runs = []
         try:
-            for name, start in chosen:
-                if only and name not in only:
-                    continue
-                server = start()
+            for index, group in enumerate(g for g in groups if g):
+                started = []
                 try:
-                    rows += measure(server, args.seconds, script)
+                    for _, start in group:
+                        started.append(start())
+                    rounds = args.rounds if len(group) > 1 else 1
+                    runs += measure(index, started, args.seconds, script, rounds)
                 except Exception as e:  # one peer failing to start must not hide the others
-                    print(f"  {name}: {e} (log: {work / 'servers.log'})", flush=True)
+                    names = ", ".join(name for name, _ in group)
+                    print(f"  {names}: {e} (log: {work / 'servers.log'})", flush=True)
                     print((work / "servers.log").read_text(errors="replace")[-2000:])
                 finally:
-                    server.stop()
+                    for server in started:
+                        server.stop()
         finally:
             reused.unlink(missing_ok=True)
-        report(rows)
+        if runs:
+            report(runs)
 
 
 if __name__ == "__main__":
