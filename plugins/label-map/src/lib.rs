@@ -57,7 +57,11 @@ impl Stage for LabelMap {
             .chunks_exact(cols.max(1))
             .map(|row| self.labels[argmax(row)].as_str())
             .collect();
-        batch.push(Tensor::from_bytes(self.output.clone(), vec![rows as u64], labels));
+        batch.push(Tensor::from_bytes(
+            self.output.clone(),
+            vec![rows as u64],
+            labels,
+        ));
         Ok(batch)
     }
 }

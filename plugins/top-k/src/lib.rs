@@ -63,11 +63,7 @@ impl Stage for TopK {
             shape.clone(),
             &classes,
         ));
-        batch.push(Tensor::new(
-            format!("{}_scores", self.output),
-            shape,
-            &top,
-        ));
+        batch.push(Tensor::new(format!("{}_scores", self.output), shape, &top));
         Ok(batch)
     }
 }
