@@ -42,9 +42,9 @@
 //! Configuration comes from the stage's `config` table in the pipeline manifest, decoded into
 //! `Stage::Config` with serde and handed to `Stage::new`, which prepares what every request
 //! needs (checked settings, parsed weights); a stage that needs none uses
-//! `serde::de::IgnoredAny`. Model
-//! weights are read with [`artifact`], and log lines sent with the functions in [`log`]. A model
-//! stage can run an ONNX artifact natively on the host with [`nn::compute`].
+//! `serde::de::IgnoredAny`. Model weights are read with [`artifact`], and log lines sent with
+//! the functions in [`log`]. A model stage can run an ONNX artifact natively on the host with
+//! [`nn::compute`].
 
 mod batch;
 pub mod nn;
