@@ -222,7 +222,7 @@ def summary(runs):
         by_key.setdefault((run["server"], run["c"]), []).append(run)
     rows = []
     for (server, c), runs_of in by_key.items():
-        row = dict(server=server, c=c, rounds=len(runs_of), rss=max(r["rss"] for r in runs_of),
+        row = dict(server=server, c=c, rss=max(r["rss"] for r in runs_of),
                    errors=sum(r["errors"] for r in runs_of))
         for key in ("rate", "p50", "p99", "cores"):
             row[key] = statistics.median(r[key] for r in runs_of)
@@ -245,8 +245,8 @@ def ratio(runs, a, b, c):
 
 def report(runs):
     rounds = max(r["round"] for r in runs) + 1
-    print(f"\n| server | concurrency | req/s | p50 ms | p99 ms | CPU cores | peak RSS MB |"
-          f"   (medians of up to {rounds} rounds)")
+    print(f"\nMedians of up to {rounds} rounds:\n")
+    print("| server | concurrency | req/s | p50 ms | p99 ms | CPU cores | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for r in summary(runs):
         errors = f" ({r['errors']} non-2xx)" if r["errors"] else ""
