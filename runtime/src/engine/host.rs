@@ -81,11 +81,12 @@ pub struct StageIdentity {
 /// The state of one store: one stage instance serving one request.
 pub struct HostState {
     stage: Arc<StageIdentity>,
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most calls make none, and building it (random
+    /// generators, clocks, two output buffers) was about a twentieth of a fresh-instance
+    /// request.
+    wasi: Option<Wasi>,
     table: ResourceTable,
     limiter: MemoryCap,
-    stdout: GuestOutput,
-    stderr: GuestOutput,
     _counted: super::InstanceCount,
     /// Epoch ticks the current call may still run.
     ticks_left: u64,
@@ -94,18 +95,9 @@ pub struct HostState {
 impl HostState {
     /// State for a fresh instance of `stage`, allowed `memory_cap` bytes of linear memory.
     pub fn new(stage: Arc<StageIdentity>, memory_cap: usize) -> HostState {
-        let stdout = GuestOutput::new(stage.clone(), Stream::Stdout);
-        let stderr = GuestOutput::new(stage.clone(), Stream::Stderr);
         HostState {
             stage,
-            // No preopened directories, no environment, no arguments, no network: a stage
-            // sees only what its WIT world passes it. Its stdout and stderr go to the log.
-            wasi: WasiCtx::builder()
-                .stdout(stdout.clone())
-                .stderr(stderr.clone())
-                .build(),
-            stdout,
-            stderr,
+            wasi: None,
             _counted: super::InstanceCount::new(),
             ticks_left: 0,
             table: ResourceTable::new(),
@@ -123,7 +115,9 @@ impl HostState {
 
     /// The end of what the instance wrote to stderr (a panic message, say).
     pub fn stderr_tail(&self) -> String {
-        self.stderr.tail()
+        self.wasi
+            .as_ref()
+            .map_or_else(String::new, |wasi| wasi.stderr.tail())
     }
 
     /// What this instance's `wasi:nn` imports reach.
@@ -137,8 +131,10 @@ impl HostState {
     /// Flush the guest's output after a call, so a reused instance logs each request's lines
     /// under that request's budget.
     pub fn end_call(&mut self) {
-        self.stdout.end_call();
-        self.stderr.end_call();
+        if let Some(wasi) = &self.wasi {
+            wasi.stdout.end_call();
+            wasi.stderr.end_call();
+        }
     }
 }
 
@@ -272,10 +268,37 @@ pub fn fitting_worlds(
     Ok(vec!["model"])
 }
 
+/// What a stage's WASI imports reach: a context that grants nothing, and its output streams.
+struct Wasi {
+    ctx: WasiCtx,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+}
+
+impl Wasi {
+    /// No preopened directories, no environment, no arguments, no network: a stage sees only
+    /// what its WIT world passes it. Its stdout and stderr go to the log.
+    fn new(stage: &Arc<StageIdentity>) -> Wasi {
+        let stdout = GuestOutput::new(stage.clone(), Stream::Stdout);
+        let stderr = GuestOutput::new(stage.clone(), Stream::Stderr);
+        let ctx = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        Wasi {
+            ctx,
+            stdout,
+            stderr,
+        }
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stage = &self.stage;
+        let wasi = self.wasi.get_or_insert_with(|| Wasi::new(stage));
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut wasi.ctx,
             table: &mut self.table,
         }
     }
