@@ -11,7 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 use super::AppState;
 use crate::pipeline::Trace;
@@ -68,6 +70,28 @@ pub struct Metrics {
     instances: Gauge,
     instance_capacity: Gauge,
     payload_dropped: Counter,
+    /// Per pipeline, the handles its serving version's successful requests update.
+    answered: RwLock<HashMap<String, Arc<Answered>>>,
+}
+
+/// The metrics one pipeline version's successful requests update, looked up once: a request
+/// then records without building label strings or looking up seven label sets (that was about
+/// 3% of the server's throughput on iris at c=64).
+struct Answered {
+    version: String,
+    requests: Counter,
+    seconds: Histogram,
+    /// Per stage, in the order its requests pass them.
+    stages: Vec<(&'static str, Histogram)>,
+}
+
+impl Answered {
+    /// Whether these handles are the ones a request of `version` through `stages` updates.
+    fn fits(&self, version: &str, stages: &[(&'static str, std::time::Duration)]) -> bool {
+        self.version == version
+            && self.stages.len() == stages.len()
+            && self.stages.iter().zip(stages).all(|(a, b)| a.0 == b.0)
+    }
 }
 
 impl Default for Metrics {
@@ -149,6 +173,7 @@ impl Default for Metrics {
             instances,
             instance_capacity,
             payload_dropped,
+            answered: RwLock::default(),
         }
     }
 }
@@ -156,24 +181,72 @@ impl Default for Metrics {
 impl Metrics {
     /// Record one answered inference request.
     pub fn record(&self, pipeline: &str, version: &str, code: u16, seconds: f64, trace: &Trace) {
+        if code != 200 {
+            return self.record_labelled(pipeline, version, code, seconds, trace);
+        }
+        let answered = self.answered(pipeline, version, trace);
+        answered.requests.inc();
+        answered.seconds.observe(seconds);
+        for ((_, histogram), (_, duration)) in answered.stages.iter().zip(&trace.stages) {
+            histogram.observe(duration.as_secs_f64());
+        }
+    }
+
+    /// The handles for a successful request like `trace`, resolved on the first such request
+    /// (and again after a swap to another version).
+    fn answered(&self, pipeline: &str, version: &str, trace: &Trace) -> Arc<Answered> {
+        let known = self.answered.read().unwrap().get(pipeline).cloned();
+        if let Some(answered) = known.filter(|a| a.fits(version, &trace.stages)) {
+            return answered;
+        }
+        let answered = Arc::new(Answered {
+            version: version.to_owned(),
+            requests: self
+                .requests
+                .get_or_create(&request_labels(pipeline, version, 200))
+                .clone(),
+            seconds: self
+                .request_seconds
+                .get_or_create(&pipeline_labels(pipeline))
+                .clone(),
+            stages: trace
+                .stages
+                .iter()
+                .map(|&(stage, _)| {
+                    (
+                        stage,
+                        self.stage_seconds
+                            .get_or_create(&stage_labels(pipeline, stage))
+                            .clone(),
+                    )
+                })
+                .collect(),
+        });
+        self.answered
+            .write()
+            .unwrap()
+            .insert(pipeline.to_owned(), answered.clone());
+        answered
+    }
+
+    /// Record a request through the label families: for errors, which are rare.
+    fn record_labelled(
+        &self,
+        pipeline: &str,
+        version: &str,
+        code: u16,
+        seconds: f64,
+        trace: &Trace,
+    ) {
         self.requests
-            .get_or_create(&RequestLabels {
-                pipeline: pipeline.to_owned(),
-                version: version.to_owned(),
-                code,
-            })
+            .get_or_create(&request_labels(pipeline, version, code))
             .inc();
         self.request_seconds
-            .get_or_create(&PipelineLabels {
-                pipeline: pipeline.to_owned(),
-            })
+            .get_or_create(&pipeline_labels(pipeline))
             .observe(seconds);
-        for (stage, duration) in &trace.stages {
+        for &(stage, duration) in &trace.stages {
             self.stage_seconds
-                .get_or_create(&StageLabels {
-                    pipeline: pipeline.to_owned(),
-                    stage: (*stage).to_owned(),
-                })
+                .get_or_create(&stage_labels(pipeline, stage))
                 .observe(duration.as_secs_f64());
         }
         for rule in &trace.violated_rules {
@@ -184,6 +257,27 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+}
+
+fn request_labels(pipeline: &str, version: &str, code: u16) -> RequestLabels {
+    RequestLabels {
+        pipeline: pipeline.to_owned(),
+        version: version.to_owned(),
+        code,
+    }
+}
+
+fn pipeline_labels(pipeline: &str) -> PipelineLabels {
+    PipelineLabels {
+        pipeline: pipeline.to_owned(),
+    }
+}
+
+fn stage_labels(pipeline: &str, stage: &str) -> StageLabels {
+    StageLabels {
+        pipeline: pipeline.to_owned(),
+        stage: stage.to_owned(),
     }
 }
 
@@ -231,4 +325,56 @@ pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn trace(stages: &[&'static str]) -> Trace {
+        Trace {
+            stages: stages
+                .iter()
+                .map(|&s| (s, Duration::from_micros(5)))
+                .collect(),
+            ..Trace::default()
+        }
+    }
+
+    fn exposition(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn every_request_counts_under_its_own_version_code_and_stages() {
+        let metrics = Metrics::default();
+        let full = trace(&["validate", "model", "observe"]);
+        for _ in 0..3 {
+            metrics.record("p", "1", 200, 0.001, &full);
+        }
+        // A swap: the next answers come from version 2, one of them past fewer stages.
+        metrics.record("p", "2", 200, 0.001, &full);
+        metrics.record("p", "2", 200, 0.001, &trace(&["validate", "model"]));
+        metrics.record("p", "2", 400, 0.001, &trace(&["validate"]));
+        // A late answer of version 1, after the swap.
+        metrics.record("p", "1", 200, 0.001, &full);
+        metrics.record("q", "1", 200, 0.001, &full);
+        let text = exposition(&metrics);
+        for line in [
+            r#"weir_requests_total{pipeline="p",version="1",code="200"} 4"#,
+            r#"weir_requests_total{pipeline="p",version="2",code="200"} 2"#,
+            r#"weir_requests_total{pipeline="p",version="2",code="400"} 1"#,
+            r#"weir_requests_total{pipeline="q",version="1",code="200"} 1"#,
+            r#"weir_request_duration_seconds_count{pipeline="p"} 7"#,
+            r#"weir_stage_duration_seconds_count{pipeline="p",stage="validate"} 7"#,
+            r#"weir_stage_duration_seconds_count{pipeline="p",stage="model"} 6"#,
+            r#"weir_stage_duration_seconds_count{pipeline="p",stage="observe"} 5"#,
+            r#"weir_stage_duration_seconds_count{pipeline="q",stage="observe"} 1"#,
+        ] {
+            assert!(text.contains(line), "lacks {line}:\n{text}");
+        }
+    }
 }
