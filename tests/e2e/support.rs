@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use weir::engine::Engine;
 use weir::http::admission::Admission;
-use weir::http::{self, AppState};
+use weir::http::metrics::Metrics;
+use weir::http::{self, App, AppState};
 use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
 use weir::store::Store;
@@ -129,15 +130,15 @@ impl TestServer {
     /// Serve `manifests` with `options`.
     pub fn with_options(manifests: &[Manifest], options: Options) -> TestServer {
         let (registry, data_dir) = self::registry(manifests);
-        let state = AppState {
+        let state = AppState::new(App {
             registry: registry.clone(),
             max_body_bytes: options.max_body_bytes,
-            admin_token: Arc::from(TOKEN),
-            inference_token: options.inference_token.map(Arc::from),
-            admission: Arc::new(Admission::new(options.max_concurrency, options.max_queue)),
-            metrics: Arc::default(),
+            admin_token: TOKEN.to_owned(),
+            inference_token: options.inference_token.map(str::to_owned),
+            admission: Admission::new(options.max_concurrency, options.max_queue),
+            metrics: Metrics::default(),
             payload_log: None,
-        };
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -10,7 +10,8 @@ use anyhow::Context;
 use crate::engine::Engine;
 use crate::http::admission::Admission;
 use crate::http::auth::{self, TokenSource};
-use crate::http::{self, AppState};
+use crate::http::metrics::Metrics;
+use crate::http::{self, App, AppState};
 use crate::pipeline::Registry;
 use crate::pipeline::manifest::Manifest;
 use crate::stages::log::PayloadLog;
@@ -117,27 +118,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         TokenSource::Generated(path) => tracing::info!("admin token in {}", path.display()),
     }
     let inference_token = match &args.inference_token_file {
-        Some(file) => Some(Arc::from(auth::read_token(file)?)),
+        Some(file) => Some(auth::read_token(file)?),
         None => None,
     };
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let concurrency = args.max_concurrency.unwrap_or(2 * cores);
-    let state = AppState {
+    let state = AppState::new(App {
         registry,
         max_body_bytes: args.max_body_bytes,
-        admin_token: Arc::from(token),
+        admin_token: token,
         inference_token,
-        admission: Arc::new(Admission::new(concurrency, args.max_queue)),
-        metrics: Arc::default(),
+        admission: Admission::new(concurrency, args.max_queue),
+        metrics: Metrics::default(),
         payload_log: match args.payload_log {
-            Some(path) => Some(Arc::new(PayloadLog::open(
+            Some(path) => Some(PayloadLog::open(
                 path,
                 args.payload_log_sample,
                 args.payload_log_max_mib << 20,
-            )?)),
+            )?),
             None => None,
         },
-    };
+    });
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)

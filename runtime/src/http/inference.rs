@@ -5,8 +5,9 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -112,24 +113,31 @@ async fn model_ready(
     Ok(Json(json!({ "name": pipeline.name, "ready": true })))
 }
 
+/// The binary extension's `Inference-Header-Content-Length`, if sent; read alone, where the
+/// `HeaderMap` extractor would copy every header of every request.
+struct HeaderLength(Option<String>);
+
+impl<S: Sync> FromRequestParts<S> for HeaderLength {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<HeaderLength, Error> {
+        let Some(value) = parts.headers.get(protocol::HEADER_LENGTH) else {
+            return Ok(HeaderLength(None));
+        };
+        let text = value.to_str().map_err(|_| {
+            Error::InvalidInput("Inference-Header-Content-Length is not text".into())
+        })?;
+        Ok(HeaderLength(Some(text.to_owned())))
+    }
+}
+
 async fn infer_route(
     State(app): State<AppState>,
     Path(path): Path<ModelPath>,
-    headers: HeaderMap,
+    HeaderLength(header_length): HeaderLength,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
     let pipeline = app.registry.get(&path.model, path.version.as_deref())?;
-    let header_length = match headers.get(protocol::HEADER_LENGTH) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| {
-                    Error::InvalidInput("Inference-Header-Content-Length is not text".into())
-                })?
-                .to_owned(),
-        ),
-        None => None,
-    };
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
     let started = Instant::now();
     // Stages run right here on the async worker, as many at once as admission allows; a stage

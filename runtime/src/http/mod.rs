@@ -22,22 +22,40 @@ use tokio::net::TcpListener;
 use crate::error::Error;
 use crate::pipeline::Registry;
 
-/// What every handler can reach.
+/// What every handler can reach, behind one `Arc`: axum clones the state for every request,
+/// and one reference count costs less than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+/// The server's shared parts.
+pub struct App {
     pub registry: Arc<Registry>,
     /// The largest request body accepted, bytes.
     pub max_body_bytes: usize,
     /// The bearer token the management routes require.
-    pub admin_token: Arc<str>,
+    pub admin_token: String,
     /// The bearer token inference routes require, if any.
-    pub inference_token: Option<Arc<str>>,
+    pub inference_token: Option<String>,
     /// The bound on requests running and waiting.
-    pub admission: Arc<admission::Admission>,
+    pub admission: admission::Admission,
     /// The Prometheus metrics.
-    pub metrics: Arc<metrics::Metrics>,
+    pub metrics: metrics::Metrics,
     /// The sampled payload log, when enabled.
-    pub payload_log: Option<Arc<crate::stages::log::PayloadLog>>,
+    pub payload_log: Option<crate::stages::log::PayloadLog>,
+}
+
+impl AppState {
+    pub fn new(app: App) -> AppState {
+        AppState(Arc::new(app))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
 }
 
 /// The router for every route this server answers.
