@@ -231,6 +231,50 @@ fn component_log_lines_reach_the_server_log_with_stage_component_and_version() {
 }
 
 #[test]
+fn each_stage_of_a_request_writes_its_output_under_its_own_name() {
+    // Two stages of one request: the preprocess writes to stdout and stderr, then the model
+    // panics when asked. Each line is logged under the stage that wrote it, and the model's
+    // trap quotes only the model's stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("faulty_stage.wasm");
+    let manifest = dir.path().join("chain.toml");
+    let stage = |slot: &str, config: &str| {
+        format!(
+            "[{slot}]\ncomponent = \"faulty-stage@0.1.0\"\npath = {:?}\nconfig = {{ {config} }}\n",
+            wasm.display().to_string()
+        )
+    };
+    let text = format!(
+        "name = \"chain\"\n{}{}",
+        stage(
+            "preprocess",
+            "mode = \"say\", text = \"said by preprocess\""
+        ),
+        stage("model", "mode = \"panic\", on_request = true")
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let served = Served::start(dir.path(), &manifest);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v2/models/chain/infer", served.addr))
+        .body(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[1]}],"parameters":{"fault":true}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let message = response.text().unwrap();
+    assert!(
+        message.contains("stage 'model' (faulty-stage@0.1.0) trapped")
+            && message.contains("faulty-stage panics as configured")
+            && !message.contains("said by preprocess"),
+        "{message}"
+    );
+    for stream in ["stdout", "stderr"] {
+        let record =
+            served.wait_for_log(|r| r["message"] == "said by preprocess" && r["stream"] == stream);
+        assert_eq!(record["stage"], "preprocess", "{record}");
+    }
+}
+
+#[test]
 fn weir_profile_reproduces_the_committed_reference_and_prints_a_schema() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("reference.json");

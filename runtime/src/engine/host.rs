@@ -78,7 +78,8 @@ pub struct StageIdentity {
     pub graphs: nn::Graphs,
 }
 
-/// The state of one store: one stage instance serving one request.
+/// The state of one store: the fresh instances of one request's stages, or one warm instance
+/// of a stage that reuses them. Its stage is the one running now.
 pub struct HostState {
     stage: Arc<StageIdentity>,
     /// Built on the guest's first WASI call: most calls make none, and building it (random
@@ -87,18 +88,19 @@ pub struct HostState {
     wasi: Option<Wasi>,
     table: ResourceTable,
     limiter: MemoryCap,
-    _counted: super::InstanceCount,
+    /// One per instance in the store.
+    instances: Vec<super::InstanceCount>,
     /// Epoch ticks the current call may still run.
     ticks_left: u64,
 }
 
 impl HostState {
-    /// State for a fresh instance of `stage`, allowed `memory_cap` bytes of linear memory.
+    /// State for instances of `stage` (first), each allowed `memory_cap` bytes of linear memory.
     pub fn new(stage: Arc<StageIdentity>, memory_cap: usize) -> HostState {
         HostState {
             stage,
             wasi: None,
-            _counted: super::InstanceCount::new(),
+            instances: Vec::new(),
             ticks_left: 0,
             table: ResourceTable::new(),
             limiter: MemoryCap {
@@ -106,6 +108,21 @@ impl HostState {
                 exceeded: false,
             },
         }
+    }
+
+    /// Serve `stage`'s calls from now on: its log lines, artifacts and graphs, and a WASI side
+    /// of its own (the previous stage's output is flushed first).
+    pub fn enter(&mut self, stage: &Arc<StageIdentity>) {
+        if !Arc::ptr_eq(&self.stage, stage) {
+            self.end_call();
+            self.wasi = None;
+            self.stage = stage.clone();
+        }
+    }
+
+    /// Count an instance just made in this store as live until the store is dropped.
+    pub fn count_instance(&mut self) {
+        self.instances.push(super::InstanceCount::new());
     }
 
     /// Whether the instance tried to grow past its memory cap.
@@ -144,7 +161,7 @@ impl Drop for HostState {
     }
 }
 
-/// A store for one stage instance, with the memory cap applied. Stages run as futures on the
+/// A store for stage instances, with the memory cap applied to each. Stages run as futures on the
 /// server's async workers: at every epoch tick a running stage yields, so other requests on
 /// the same worker go on, until its deadline ([`start_call`]) has passed, when it traps.
 pub fn new_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {

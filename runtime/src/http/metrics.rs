@@ -115,7 +115,7 @@ impl Default for Metrics {
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "stage_duration",
-            "Time in each stage (validate and the Wasm stages), fresh instance included",
+            "Time in each stage: validate, the Wasm stages (making a fresh instance included), observe",
             Unit::Seconds,
             stage_seconds.clone(),
         );

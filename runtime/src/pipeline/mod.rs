@@ -21,7 +21,7 @@ use crate::store::Store;
 use crate::tensor::{Batch, Datatype, Tensor};
 use manifest::TensorSpec;
 use spec::PipelineSpec;
-use stage::Stage;
+use stage::{RequestStore, Stage};
 
 pub use registry::Registry;
 
@@ -135,9 +135,12 @@ impl Pipeline {
         let monitor = self.monitor.as_deref().filter(|_| observe);
         let observation = monitor.map(|m| m.observe_inputs(&batch));
         let observing = clock.lap();
+        // The stages' fresh instances, torn down when this returns: in the request's duration,
+        // in no stage's.
+        let mut request = RequestStore::default();
         let mut batch = batch;
         for stage in &self.stages {
-            batch = stage.run(batch).await?;
+            batch = stage.run(batch, &mut request).await?;
             trace.stages.push((stage.kind().name(), clock.lap()));
         }
         let outputs = self.declared_outputs(batch)?;

@@ -31,6 +31,15 @@ pub struct Stage {
     warm: Option<Mutex<Vec<Instance>>>,
 }
 
+/// What a stage's call returns when it did not trap.
+type StageResult = Result<wit::Batch, wit::StageError>;
+
+/// The store of one request's fresh instances: made at its first stage that does not reuse
+/// instances, dropped (and every instance in it with it) when the request is done. One store
+/// instead of one per stage saves its setup and teardown twice a request.
+#[derive(Default)]
+pub struct RequestStore(Option<wasmtime::Store<HostState>>);
+
 /// A stage instance with its store.
 struct Instance {
     store: wasmtime::Store<HostState>,
@@ -127,44 +136,14 @@ impl Stage {
         &self.digest
     }
 
-    /// Run the stage on `batch` in a fresh instance, which is dropped afterwards whatever
-    /// happens: a trap or a timeout fails this request only. A stage that reuses instances
-    /// takes a warm one and gives it back unless it trapped.
-    pub async fn run(&self, batch: Batch) -> Result<Batch, Error> {
+    /// Run the stage on `batch` in a fresh instance, made in `request`'s store and dropped
+    /// with it whatever happens: a trap or a timeout fails this request only. A stage that
+    /// reuses instances takes a warm one and gives it back unless it trapped.
+    pub async fn run(&self, batch: Batch, request: &mut RequestStore) -> Result<Batch, Error> {
         let input = wit::Batch::from(batch);
-        let idle = self.warm.as_ref().and_then(|w| w.lock().unwrap().pop());
-        let (mut store, model) = match idle {
-            Some(Instance { store, model }) => (store, Some(model)),
-            None => {
-                let state = HostState::new(self.identity.clone(), self.memory_cap);
-                (new_store(self.pre.engine(), state), None)
-            }
-        };
-        start_call(&mut store, self.deadline_ticks);
-        let outcome = async {
-            let model = match model {
-                Some(model) => model,
-                None => self.pre.instantiate_async(&mut store).await?,
-            };
-            let output = model
-                .weir_pipeline_stage()
-                .call_process(&mut store, &self.config, &input)
-                .await?;
-            Ok((output, model))
-        }
-        .await;
-        let output = match outcome {
-            Ok((output, model)) => {
-                if let Some(warm) = &self.warm {
-                    store.data_mut().end_call();
-                    warm.lock().unwrap().push(Instance { store, model });
-                }
-                output
-            }
-            Err(e) => {
-                let state = store.data();
-                return Err(self.trap_error(e, state.memory_cap_exceeded(), &state.stderr_tail()));
-            }
+        let output = match &self.warm {
+            None => self.call_fresh(request, &input).await?,
+            Some(warm) => self.call_warm(warm, &input).await?,
         };
         match output {
             Ok(output) => self.check_output(Batch::from(output)),
@@ -176,6 +155,72 @@ impl Stage {
                 "{} failed: {msg}",
                 self.describe()
             ))),
+        }
+    }
+
+    /// One call in a fresh instance in the request's store.
+    async fn call_fresh(
+        &self,
+        request: &mut RequestStore,
+        input: &wit::Batch,
+    ) -> Result<StageResult, Error> {
+        let store = request.0.get_or_insert_with(|| {
+            let state = HostState::new(self.identity.clone(), self.memory_cap);
+            new_store(self.pre.engine(), state)
+        });
+        store.data_mut().enter(&self.identity);
+        start_call(store, self.deadline_ticks);
+        let outcome = async {
+            let model = self.pre.instantiate_async(&mut *store).await?;
+            store.data_mut().count_instance();
+            model
+                .weir_pipeline_stage()
+                .call_process(&mut *store, &self.config, input)
+                .await
+        }
+        .await;
+        outcome.map_err(|e| self.trap_error(e, store.data()))
+    }
+
+    /// One call in a warm instance (a new one when none is idle), given back after it unless
+    /// it trapped.
+    async fn call_warm(
+        &self,
+        warm: &Mutex<Vec<Instance>>,
+        input: &wit::Batch,
+    ) -> Result<StageResult, Error> {
+        let idle = warm.lock().unwrap().pop();
+        let (mut store, model) = match idle {
+            Some(Instance { store, model }) => (store, Some(model)),
+            None => {
+                let state = HostState::new(self.identity.clone(), self.memory_cap);
+                (new_store(self.pre.engine(), state), None)
+            }
+        };
+        start_call(&mut store, self.deadline_ticks);
+        let outcome = async {
+            let model = match model {
+                Some(model) => model,
+                None => {
+                    let model = self.pre.instantiate_async(&mut store).await?;
+                    store.data_mut().count_instance();
+                    model
+                }
+            };
+            let output = model
+                .weir_pipeline_stage()
+                .call_process(&mut store, &self.config, input)
+                .await?;
+            Ok((output, model))
+        }
+        .await;
+        match outcome {
+            Ok((output, model)) => {
+                store.data_mut().end_call();
+                warm.lock().unwrap().push(Instance { store, model });
+                Ok(output)
+            }
+            Err(e) => Err(self.trap_error(e, store.data())),
         }
     }
 
@@ -195,7 +240,7 @@ impl Stage {
     }
 
     /// Classify a trap: deadline (504), memory cap or anything else (500).
-    fn trap_error(&self, error: wasmtime::Error, memory_exceeded: bool, stderr: &str) -> Error {
+    fn trap_error(&self, error: wasmtime::Error, state: &HostState) -> Error {
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return Error::StageTimeout(format!(
                 "{} exceeded its deadline of {} ms",
@@ -203,7 +248,7 @@ impl Stage {
                 self.timeout_ms
             ));
         }
-        if memory_exceeded {
+        if state.memory_cap_exceeded() {
             return Error::StageFailed(format!(
                 "{} exceeded its memory cap of {} MiB",
                 self.describe(),
@@ -213,6 +258,7 @@ impl Stage {
         let error = anyhow::Error::from(error);
         let trap = error.root_cause().to_string();
         let mut message = format!("{} trapped: {trap}", self.describe());
+        let stderr = state.stderr_tail();
         if !stderr.is_empty() {
             message.push_str(&format!("; its stderr ends: {stderr}"));
         }

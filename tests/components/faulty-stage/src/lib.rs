@@ -25,6 +25,8 @@ enum Mode {
     Busy,
     /// Return a tensor of `mib` MiB.
     Huge,
+    /// Write `text` to stdout and to stderr, then echo.
+    Say,
     /// Add a tensor `calls` (INT64 [1]): the calls this instance has served, this one
     /// included; 1 unless the manifest reuses instances. Panics, after counting, on a request
     /// carrying the parameter `fault`.
@@ -43,6 +45,8 @@ struct FaultyStage {
     ms: u64,
     #[serde(default)]
     mib: usize,
+    #[serde(default)]
+    text: String,
 }
 
 impl Stage for FaultyStage {
@@ -95,6 +99,11 @@ impl Stage for FaultyStage {
                 Ok(batch)
             }
             Mode::Count => unreachable!("answered above"),
+            Mode::Say => {
+                println!("{}", self.text);
+                eprintln!("{}", self.text);
+                Ok(batch)
+            }
             Mode::Huge => {
                 let bytes = vec![7u8; self.mib << 20];
                 batch.push(Tensor::new("huge", vec![bytes.len() as u64], &bytes));
