@@ -39,6 +39,24 @@ fn help_explains_every_flag_and_default() {
 }
 
 #[test]
+fn serve_refuses_more_running_requests_than_the_instance_pool_holds() {
+    // Each running request may hold three instances of the 1000-slot pool.
+    let out = weir()
+        .args([
+            "serve",
+            "--max-concurrency",
+            "334",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("334 is not in 1..=333"), "{text}");
+}
+
+#[test]
 fn serve_with_a_missing_manifest_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = weir()

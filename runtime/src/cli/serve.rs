@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, MAX_RUNNING_REQUESTS};
 use crate::http::admission::Admission;
 use crate::http::auth::{self, TokenSource};
 use crate::http::metrics::Metrics;
@@ -40,10 +40,12 @@ pub struct ServeArgs {
     pub admin_token_file: Option<PathBuf>,
 
     /// Most requests running their stages at once; more wait in the queue. Stages are
-    /// CPU-bound, so more than about two per core adds latency, not throughput.
-    /// Default: twice the number of cores.
-    #[arg(long, env = "WEIR_MAX_CONCURRENCY")]
-    pub max_concurrency: Option<usize>,
+    /// CPU-bound, so more than about two per core adds latency, not throughput. At most 333:
+    /// each running request holds up to three of the 1000 instance-pool slots.
+    /// Default: twice the number of cores (at most 333).
+    #[arg(long, env = "WEIR_MAX_CONCURRENCY",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RUNNING_REQUESTS)))]
+    pub max_concurrency: Option<u32>,
 
     /// Most requests waiting for a turn; beyond it the server answers 503 with Retry-After at
     /// once instead of queueing without bound.
@@ -122,7 +124,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    let concurrency = args.max_concurrency.unwrap_or(2 * cores);
+    let concurrency = match args.max_concurrency {
+        Some(n) => n as usize,
+        None => (2 * cores).min(MAX_RUNNING_REQUESTS as usize),
+    };
     let state = AppState::new(App {
         registry,
         max_body_bytes: args.max_body_bytes,

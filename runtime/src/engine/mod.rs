@@ -39,6 +39,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// address space only; memory is committed as instances use it.
 pub const POOL_INSTANCES: u32 = 1000;
 
+/// The most requests that may run their stages at once: a running request holds up to three
+/// fresh instances (one per stage slot, in its store) until it is done.
+pub const MAX_RUNNING_REQUESTS: u32 = POOL_INSTANCES / 3;
+
 /// Stage instances alive now (each holds a pool slot), for the pool-use metric.
 static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
@@ -86,10 +90,12 @@ impl Engine {
     /// keyed by digest and engine compatibility, so a restart does not recompile.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Engine> {
         let mut pool = PoolingAllocationConfig::default();
+        // A Rust component is three core instances (its module and two adapter shims) and two
+        // tables: leave room for four of each per component.
         pool.total_component_instances(POOL_INSTANCES)
-            .total_core_instances(POOL_INSTANCES * 2)
+            .total_core_instances(POOL_INSTANCES * 4)
             .total_memories(POOL_INSTANCES * 2)
-            .total_tables(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
             .max_memory_size(MAX_MEMORY)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10)
