@@ -132,9 +132,10 @@ impl Pipeline {
             trace.violated_rules = violations.iter().map(|v| v.rule).collect();
             return Err(Error::InvalidInput(validate::message(&violations)));
         }
-        let monitor = self.monitor.as_deref().filter(|_| observe);
-        let observation = monitor.map(|m| m.observe_inputs(&batch));
-        let observing = clock.lap();
+        // The monitor's pass over the inputs, and the time it took.
+        let observation = (self.monitor.as_deref())
+            .filter(|_| observe)
+            .map(|monitor| (monitor, monitor.observe_inputs(&batch), clock.lap()));
         // The stages' fresh instances, torn down when this returns: in the request's duration,
         // in no stage's.
         let mut request = RequestStore::default();
@@ -144,7 +145,7 @@ impl Pipeline {
             trace.stages.push((stage.kind().name(), clock.lap()));
         }
         let outputs = self.declared_outputs(batch)?;
-        if let (Some(monitor), Some(observation)) = (monitor, observation) {
+        if let Some((monitor, observation, observing)) = observation {
             monitor.record(observation, &outputs);
             trace.stages.push(("observe", observing + clock.lap()));
         }
