@@ -1,11 +1,13 @@
 //! One in-process execution of the iris pipeline (decode → validate → three Wasm stages →
 //! encode) against the same computation written in plain Rust, in the same run: with a fresh
 //! instance per stage (the default), without the built-in stages, and with every stage opted
-//! into reusing warm instances.
+//! into reusing warm instances. Then 64 requests at once, each alone in fresh instances and
+//! merged into batches (`[batching]`), against plain Rust answering the 64 in turn.
 //!
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
 use std::path::Path;
+use std::sync::Arc;
 
 mod common;
 
@@ -13,6 +15,7 @@ use common::{Request, Response, block_on, deploy_both, output, registry};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use weir::http::inference::infer;
+use weir::pipeline::batching::Batching;
 use weir::pipeline::manifest::Manifest;
 use weir::pipeline::{Pipeline, Trace};
 
@@ -119,7 +122,7 @@ fn bench(c: &mut Criterion) {
     let bare = registry.get("iris-bare", None).unwrap();
     let plain = PlainIris::load();
 
-    let answer = |p: &Pipeline| -> Value {
+    let answer = |p: &Arc<Pipeline>| -> Value {
         serde_json::from_slice(
             &block_on(infer(p, REQUEST.as_bytes(), None, &mut Trace::default()))
                 .unwrap()
@@ -171,6 +174,33 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    let mut batched = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
+    batched.name = "iris-batched".into();
+    batched.batching = Some(Batching { max_batch_size: 64 });
+    registry.deploy(&batched).unwrap();
+    let batched = registry.get("iris-batched", None).unwrap();
+    assert_eq!(answer(&batched)["outputs"], answer(&pipeline)["outputs"]);
+    assert_eq!(
+        block_on(all_at_once(&batched, 64)),
+        64,
+        "every request answered"
+    );
+    let mut group = c.benchmark_group("iris_64_requests_at_once");
+    group.bench_function("plain_rust", |b| {
+        b.iter(|| {
+            (0..64)
+                .map(|_| plain.infer_json(REQUEST.as_bytes()))
+                .collect::<Vec<_>>()
+        })
+    });
+    for (name, pipeline) in [
+        ("weir_pipeline", &pipeline),
+        ("weir_pipeline_batched", &batched),
+    ] {
+        group.bench_function(name, |b| b.iter(|| block_on(all_at_once(pipeline, 64))));
+    }
+    group.finish();
+
     // The drift monitor alone, on a batch of 64 rows: divide by 64 for the cost per row.
     let rows: Vec<f64> = (0..64)
         .flat_map(|i| {
@@ -197,6 +227,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| plain.infer_json(body.as_bytes()))
     });
     group.finish();
+}
+
+/// `count` iris requests to `pipeline` as concurrent tasks, as a server's connections would
+/// send them; the number answered.
+async fn all_at_once(pipeline: &Arc<Pipeline>, count: usize) -> usize {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let pipeline = pipeline.clone();
+        requests.spawn(async move {
+            let mut trace = Trace::default();
+            infer(&pipeline, REQUEST.as_bytes(), None, &mut trace).await
+        });
+    }
+    let answers = requests.join_all().await;
+    answers.into_iter().filter(|a| a.is_ok()).count()
 }
 
 criterion_group!(benches, bench);

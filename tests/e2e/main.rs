@@ -1,6 +1,7 @@
 //! End-to-end tests: real servers on loopback, real HTTP, real components.
 //! One binary with a module per area (as wasmtime's `tests/all`).
 
+mod batching;
 mod cli;
 mod faults;
 mod iris;

@@ -19,6 +19,7 @@ use crate::pipeline::manifest::TensorSpec;
 use crate::pipeline::{Pipeline, Trace};
 use crate::protocol;
 use crate::stages::log;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The `platform` reported in model metadata.
@@ -140,18 +141,16 @@ async fn infer_route(
     let pipeline = app.registry.get(&path.model, path.version.as_deref())?;
     let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
     let started = Instant::now();
-    // Stages run right here on the async worker, as many at once as admission allows; a stage
-    // that computes for long yields at every epoch tick, so it does not hold the worker.
+    // Stages run right here on the async worker, as many at once as admission allows (a
+    // batching pipeline's, in its batch runner's task); a stage that computes for long yields
+    // at every epoch tick, so it does not hold the worker.
     let mut trace = Trace::default();
-    let result = app
-        .admission
-        .run(infer(
-            &pipeline,
-            &body,
-            header_length.as_deref(),
-            &mut trace,
-        ))
-        .await;
+    let work = infer(&pipeline, &body, header_length.as_deref(), &mut trace);
+    let result = if pipeline.batches() {
+        app.admission.run_batched(work).await
+    } else {
+        app.admission.run(work).await
+    };
     let status = result.as_ref().map_or_else(Error::status, |_| 200);
     let error = result.as_ref().err().map(ToString::to_string);
     let record = log::RequestRecord {
@@ -195,7 +194,7 @@ async fn infer_route(
 /// encode. `header_length` is the binary extension's header, if sent; `trace` gets the
 /// request id and the time in each stage. The whole per-request cost outside HTTP.
 pub async fn infer(
-    pipeline: &Pipeline,
+    pipeline: &Arc<Pipeline>,
     body: &[u8],
     header_length: Option<&str>,
     trace: &mut Trace,

@@ -63,6 +63,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Histograms<PipelineLabels>,
     stage_seconds: Histograms<StageLabels>,
+    batch_size: Histograms<PipelineLabels>,
     validation_failures: Family<RuleLabels, Counter>,
     drift_score: Family<ColumnLabels, Gauge<f64, AtomicU64>>,
     drift_status: Family<ColumnLabels, Gauge>,
@@ -115,9 +116,17 @@ impl Default for Metrics {
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "stage_duration",
-            "Time in each stage: validate, the Wasm stages (making a fresh instance included), observe",
+            "Time in each stage: validate, queue (a batching pipeline's wait for its batch), \
+             the Wasm stages (making a fresh instance included), observe",
             Unit::Seconds,
             stage_seconds.clone(),
+        );
+        let batch_size: Histograms<PipelineLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 10)));
+        registry.register(
+            "batch_size",
+            "Requests served by each batch of a batching pipeline",
+            batch_size.clone(),
         );
         let validation_failures = Family::default();
         registry.register(
@@ -166,6 +175,7 @@ impl Default for Metrics {
             requests,
             request_seconds,
             stage_seconds,
+            batch_size,
             validation_failures,
             drift_score,
             drift_status,
@@ -189,6 +199,9 @@ impl Metrics {
         answered.seconds.observe(seconds);
         for ((_, histogram), (_, duration)) in answered.stages.iter().zip(&trace.stages) {
             histogram.observe(duration.as_secs_f64());
+        }
+        if let Some(size) = trace.batch_size {
+            (self.batch_size.get_or_create(&pipeline_labels(pipeline))).observe(size as f64);
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use super::batching::Batching;
 use crate::stages::drift::Thresholds;
 use crate::stages::validate::ColumnSpec;
 use crate::tensor::Datatype;
@@ -32,6 +33,9 @@ pub struct Manifest {
     pub postprocess: Option<StageSpec>,
     /// The drift monitor; none without a reference profile.
     pub observe: Option<ObserveManifest>,
+    /// Merge concurrent requests into one pass through the stages (see `batching`). Off by
+    /// default: requests in one batch share the stages' instances.
+    pub batching: Option<Batching>,
 }
 
 /// `[observe]`: the drift monitor's reference profile, window and thresholds.
@@ -299,6 +303,27 @@ impl Manifest {
         }
         if self.limits.stage_timeout_ms == 0 {
             bail!("limits.stage_timeout_ms must be at least 1");
+        }
+        if let Some(batching) = &self.batching {
+            self.check_batching(batching)?;
+        }
+        Ok(())
+    }
+
+    /// A batching pipeline's first dimension is the batch: every declared input and output
+    /// must leave it open (-1), or merged requests would break the shapes declared.
+    fn check_batching(&self, batching: &Batching) -> anyhow::Result<()> {
+        if batching.max_batch_size == 0 {
+            bail!("batching.max_batch_size must be at least 1");
+        }
+        let declared = self.inputs.iter().chain(&self.outputs);
+        if let Some(fixed) = declared.into_iter().find(|t| t.shape.first() != Some(&-1)) {
+            bail!(
+                "[batching] merges requests on the first dimension, so it must be -1 in every \
+                 declared input and output; '{}' has shape {:?}",
+                fixed.name,
+                fixed.shape
+            );
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Pipelines: manifests, their resolution into pinned versions, the registry that serves
 //! and swaps them, and the path a request takes: `validate` → preprocess → model →
-//! postprocess.
+//! postprocess (alone, or merged with others into a batch).
 
+pub mod batching;
 pub mod manifest;
 pub mod registry;
 pub mod spec;
@@ -19,6 +20,7 @@ use crate::stages::profile::Profile;
 use crate::stages::validate;
 use crate::store::Store;
 use crate::tensor::{Batch, Datatype, Tensor};
+use batching::{Answer, Batcher, StageTimes};
 use manifest::TensorSpec;
 use spec::PipelineSpec;
 use stage::{RequestStore, Stage};
@@ -37,6 +39,8 @@ pub struct Pipeline {
     /// The drift monitor, shared with the versions before and after this one while the
     /// `[observe]` settings stay the same.
     monitor: Option<Arc<Monitor>>,
+    /// The queue that merges concurrent requests, when the manifest opts into `[batching]`.
+    batcher: Option<Batcher>,
 }
 
 /// What a request did inside the pipeline: time per stage, rules it broke.
@@ -44,8 +48,11 @@ pub struct Pipeline {
 pub struct Trace {
     /// The client's request id, once decoded.
     pub request_id: Option<String>,
-    pub stages: Vec<(&'static str, Duration)>,
+    pub stages: StageTimes,
     pub violated_rules: Vec<&'static str>,
+    /// Set on the first request of each batch a batching pipeline ran: how many requests the
+    /// batch served.
+    pub batch_size: Option<usize>,
 }
 
 impl Pipeline {
@@ -87,6 +94,7 @@ impl Pipeline {
             spec: spec.clone(),
             stages,
             monitor,
+            batcher: spec.batching.as_ref().map(Batcher::new),
         })
     }
 
@@ -118,38 +126,98 @@ impl Pipeline {
         &self.stages
     }
 
-    /// Run a request's batch through `validate`, every stage and `observe`, and pick the
-    /// declared outputs; `trace` gets the time in each stage.
-    pub async fn infer(&self, batch: Batch, trace: &mut Trace) -> Result<Batch, Error> {
-        self.run(batch, trace, true).await
+    /// Whether requests are merged into batches (`[batching]`).
+    pub fn batches(&self) -> bool {
+        self.batcher.is_some()
     }
 
-    async fn run(&self, batch: Batch, trace: &mut Trace, observe: bool) -> Result<Batch, Error> {
+    /// Run a request's batch through `validate`, every stage (alone, or in a batch with
+    /// others when the pipeline batches) and `observe`, and pick the declared outputs; `trace`
+    /// gets the time in each stage.
+    pub async fn infer(self: &Arc<Self>, batch: Batch, trace: &mut Trace) -> Result<Batch, Error> {
         let mut clock = Laps::start();
-        let violations = validate::check(self.inputs(), &batch);
-        trace.stages.push(("validate", clock.lap()));
-        if !violations.is_empty() {
-            trace.violated_rules = violations.iter().map(|v| v.rule).collect();
-            return Err(Error::InvalidInput(validate::message(&violations)));
-        }
+        self.validate(&batch, trace, &mut clock)?;
         // The monitor's pass over the inputs, and the time it took.
         let observation = (self.monitor.as_deref())
-            .filter(|_| observe)
             .map(|monitor| (monitor, monitor.observe_inputs(&batch), clock.lap()));
+        let outputs = match (&self.batcher, batching::rows(&batch)) {
+            (Some(batcher), Some(rows)) => {
+                self.run_batched(batcher, batch, rows, trace, &mut clock)
+                    .await?
+            }
+            _ => {
+                self.run_stages(batch, &mut trace.stages, &mut clock)
+                    .await?
+            }
+        };
+        if let Some((monitor, observation, observing)) = observation {
+            monitor.record(observation, &outputs);
+            trace.stages.push(("observe", observing + clock.lap()));
+        }
+        Ok(outputs)
+    }
+
+    /// The `validate` stage: the declared inputs' rules.
+    fn validate(&self, batch: &Batch, trace: &mut Trace, clock: &mut Laps) -> Result<(), Error> {
+        let violations = validate::check(self.inputs(), batch);
+        trace.stages.push(("validate", clock.lap()));
+        if violations.is_empty() {
+            return Ok(());
+        }
+        trace.violated_rules = violations.iter().map(|v| v.rule).collect();
+        Err(Error::InvalidInput(validate::message(&violations)))
+    }
+
+    /// Run `batch` in `batcher`'s next batch (or alone, when that batch failed). Its wait for
+    /// the batch to start is the `queue` stage.
+    async fn run_batched(
+        self: &Arc<Self>,
+        batcher: &Batcher,
+        batch: Batch,
+        rows: u64,
+        trace: &mut Trace,
+        clock: &mut Laps,
+    ) -> Result<Batch, Error> {
+        match batcher.submit(self, batch, rows).await {
+            Answer::Done {
+                outputs,
+                queued,
+                stages,
+                batch_size,
+            } => {
+                trace.stages.push(("queue", queued));
+                trace.stages.extend(stages);
+                trace.batch_size = batch_size;
+                clock.lap();
+                Ok(outputs)
+            }
+            Answer::Alone(batch) => {
+                trace.stages.push(("queue", clock.lap()));
+                self.run_stages(batch, &mut trace.stages, clock).await
+            }
+            Answer::Failed { error, queued } => {
+                trace.stages.push(("queue", queued));
+                Err(error)
+            }
+        }
+    }
+
+    /// Every Wasm stage in turn, then the declared outputs; `stages` gets each one's time.
+    async fn run_stages(
+        &self,
+        batch: Batch,
+        stages: &mut StageTimes,
+        clock: &mut Laps,
+    ) -> Result<Batch, Error> {
         // The stages' fresh instances, torn down when this returns: in the request's duration,
         // in no stage's.
         let mut request = RequestStore::default();
         let mut batch = batch;
         for stage in &self.stages {
             batch = stage.run(batch, &mut request).await?;
-            trace.stages.push((stage.kind().name(), clock.lap()));
+            stages.push((stage.kind().name(), clock.lap()));
         }
-        let outputs = self.declared_outputs(batch)?;
-        if let Some((monitor, observation, observing)) = observation {
-            monitor.record(observation, &outputs);
-            trace.stages.push(("observe", observing + clock.lap()));
-        }
-        Ok(outputs)
+        self.declared_outputs(batch)
     }
 
     /// One call through every stage with a row of zeros for each declared input, before the
@@ -162,9 +230,14 @@ impl Pipeline {
             tensors,
             parameters: Vec::new(),
         };
-        // Not observed: zeros are not traffic.
+        // Neither observed (zeros are not traffic) nor batched.
         let mut trace = Trace::default();
-        match wasmtime_wasi::runtime::in_tokio(self.run(batch, &mut trace, false)) {
+        let mut clock = Laps::start();
+        let run = async {
+            self.validate(&batch, &mut trace, &mut clock)?;
+            self.run_stages(batch, &mut trace.stages, &mut clock).await
+        };
+        match wasmtime_wasi::runtime::in_tokio(run) {
             Ok(_) | Err(Error::InvalidInput(_)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -9,6 +9,7 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::batching::Batching;
 use super::manifest::{ArtifactSource, Limits, Manifest, TensorSpec, split_reference};
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
@@ -29,6 +30,9 @@ pub struct PipelineSpec {
     /// The drift monitor: its pinned reference profile and settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observe: Option<ObserveSpec>,
+    /// Cross-request batching, when opted into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
 }
 
 /// The drift monitor of a pinned pipeline.
@@ -190,6 +194,7 @@ pub fn resolve(
         limits: manifest.limits.clone(),
         stages,
         observe,
+        batching: manifest.batching.clone(),
     })
 }
 

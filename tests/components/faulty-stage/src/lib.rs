@@ -1,7 +1,8 @@
 //! `faulty-stage`: a component for the runtime's tests. Its `mode` config picks the behaviour,
 //! so one component covers every way a stage can fail (and one way it can succeed). With
-//! `on_request = true` it misbehaves only for requests carrying the parameter `fault`, so it
-//! passes the warm-up call a deploy makes and fails later, under traffic.
+//! `on_request = true` it misbehaves only for requests carrying the parameter `fault` or a
+//! negative number in their first tensor (a bad row, which can share a batch with good ones),
+//! so it passes the warm-up call a deploy makes and fails later, under traffic.
 
 use serde::Deserialize;
 use weir_sdk::{Batch, Stage, StageError, Tensor};
@@ -57,7 +58,7 @@ impl Stage for FaultyStage {
     }
 
     fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
-        let asked = !self.on_request || batch.parameter("fault").is_some();
+        let asked = !self.on_request || batch.parameter("fault").is_some() || has_negative(&batch);
         if let Mode::Count = self.mode {
             let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if batch.parameter("fault").is_some() {
@@ -111,6 +112,12 @@ impl Stage for FaultyStage {
             }
         }
     }
+}
+
+/// Whether the first tensor holds a negative number.
+fn has_negative(batch: &Batch) -> bool {
+    let first = batch.tensors.first().map(|t| t.to_f64());
+    matches!(first, Some(Ok(values)) if values.iter().any(|v| *v < 0.0))
 }
 
 weir_sdk::export_stage!(FaultyStage);

@@ -1,0 +1,123 @@
+//! Cross-request batching (`[batching]`): concurrent requests share one pass through the
+//! stages, each gets its own rows back, and a bad row fails only its own request.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, error_message};
+use weir::pipeline::manifest::Manifest;
+
+/// A batching pipeline of the test component: a preprocess that spins `busy_ms` (so requests
+/// arrive while a batch runs) and a model in `model_mode` for requests holding a negative
+/// number.
+fn batching(name: &str, busy_ms: u64, model_mode: &str) -> Manifest {
+    let text = format!(
+        "name = \"{name}\"\n\
+         [batching]\nmax_batch_size = 16\n\
+         [preprocess]\ncomponent = \"faulty-stage@0.1.0\"\npath = \"faulty_stage.wasm\"\n\
+         config = {{ mode = \"busy\", ms = {busy_ms} }}\n\
+         [model]\ncomponent = \"faulty-stage@0.1.0\"\npath = \"faulty_stage.wasm\"\n\
+         config = {{ mode = \"{model_mode}\", on_request = true }}\n"
+    );
+    Manifest::parse(&text, Path::new(env!("WEIR_TEST_COMPONENTS"))).expect("batching manifest")
+}
+
+/// Request `i`: one row of two numbers only it sends (negated for the bad one).
+fn request(i: i64, bad: bool) -> Value {
+    let sign = if bad { -1.0 } else { 1.0 };
+    let row = [sign * (i as f64 + 1.0), sign * (i as f64 + 1.5)];
+    json!({ "id": format!("r{i}"), "inputs": [{ "name": "x", "shape": [1, 2], "datatype": "FP32", "data": row }] })
+}
+
+/// Send the first of `requests`, then, while its batch runs, the others at once from one
+/// thread each; the answers in the same order.
+fn send_behind_one(server: &TestServer, model: &str, requests: &[Value]) -> Vec<(u16, Value)> {
+    let path = format!("/v2/models/{model}/infer");
+    std::thread::scope(|scope| {
+        let lead = scope.spawn(|| server.post_json(&path, &requests[0]));
+        std::thread::sleep(Duration::from_millis(30));
+        let rest: Vec<_> = (requests[1..].iter())
+            .map(|body| scope.spawn(|| server.post_json(&path, body)))
+            .collect();
+        let sent = std::iter::once(lead).chain(rest);
+        sent.map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn metrics(server: &TestServer) -> String {
+    let url = format!("{}/metrics", server.base);
+    reqwest::blocking::get(url).unwrap().text().unwrap()
+}
+
+/// The value of the metric line starting with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    let line = (text.lines())
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("/metrics lacks {prefix}:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn concurrent_requests_share_batches_and_each_gets_its_own_rows() {
+    let server = TestServer::start(&[batching("echo", 100, "echo")]);
+    let requests: Vec<Value> = (0..8).map(|i| request(i, false)).collect();
+    for (i, (status, body)) in send_behind_one(&server, "echo", &requests)
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(*status, 200, "request {i}: {body}");
+        assert_eq!(body["id"], json!(format!("r{i}")));
+        assert_eq!(body["outputs"][0]["shape"], json!([1, 2]));
+        assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
+    }
+    // The first request runs alone; the others arrive during its 100 ms and share a batch.
+    let text = metrics(&server);
+    let batches = metric(&text, "weir_batch_size_count{pipeline=\"echo\"}");
+    assert_eq!(metric(&text, "weir_batch_size_sum{pipeline=\"echo\"}"), 8.0);
+    assert!(batches < 8.0, "8 requests ran in {batches} batches");
+    let queued = "weir_stage_duration_seconds_count{pipeline=\"echo\",stage=\"queue\"}";
+    assert_eq!(metric(&text, queued), 8.0);
+}
+
+#[test]
+fn a_bad_row_fails_only_its_own_request_in_a_batch() {
+    let server = TestServer::start(&[batching("fragile", 100, "panic")]);
+    let requests: Vec<Value> = (0..8).map(|i| request(i, i == 5)).collect();
+    let answers = send_behind_one(&server, "fragile", &requests);
+    for (i, (status, body)) in answers.iter().enumerate() {
+        if i == 5 {
+            assert_eq!(*status, 500, "the bad request: {body}");
+            let message = error_message(body);
+            assert!(
+                message.contains("stage 'model' (faulty-stage@0.1.0) trapped"),
+                "{message}"
+            );
+        } else {
+            assert_eq!(*status, 200, "request {i}: {body}");
+            assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
+        }
+    }
+    let text = metrics(&server);
+    let queued = "weir_stage_duration_seconds_count{pipeline=\"fragile\",stage=\"queue\"}";
+    assert_eq!(
+        metric(&text, queued),
+        8.0,
+        "every request went through the batcher"
+    );
+}
+
+#[test]
+fn batching_needs_an_open_first_dimension_in_every_declared_tensor() {
+    let text = "name = \"fixed\"\n[batching]\n\
+                [[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [1, 4]\n\
+                [model]\ncomponent = \"faulty-stage@0.1.0\"\nconfig = { mode = \"echo\" }\n";
+    let error = Manifest::parse(text, Path::new(".")).unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("[batching] merges requests on the first dimension")
+            && message.contains("'x' has shape [1, 4]"),
+        "{message}"
+    );
+}
