@@ -4,6 +4,8 @@
 Serves the iris model (StandardScaler + LogisticRegression, one row per request) with:
   - weir            the iris example as shipped: a fresh instance per stage per request;
   - weir-reused     the same pipeline with every stage opted into `reuse_instances`;
+  - weir-batched    the same pipeline with `[batching]`: concurrent requests share one pass
+                    through fresh instances;
   - mlserver        MLServer + mlserver-sklearn in its fastest configuration (parallel_workers 0);
   - triton          NVIDIA Triton through PyTriton: a Python model function, dynamic batching;
   - ceiling         a bare hyper server answering a fixed V2 response (bench/ceiling): the most
@@ -46,7 +48,7 @@ REQUEST = '{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":
 CONCURRENCY = [1, 8, 64]
 PORT = 18300
 # Servers driven in turn, round after round, so that their ratios are paired in time.
-SIDE_BY_SIDE = ("ceiling", "weir", "weir-reused")
+SIDE_BY_SIDE = ("ceiling", "weir", "weir-reused", "weir-batched")
 
 
 def run(*args, **kwargs):
@@ -175,10 +177,14 @@ def servers(python, work):
     """(name, factory) for every server, in the order they run."""
     weir = ROOT / "target" / "release" / "weir"
     iris = ROOT / "examples" / "iris" / "pipeline.toml"
+    # Variants of the example, next to it for its relative paths; removed when the run ends.
     reused = ROOT / "examples" / "iris" / ".bench-reused.toml"
     reused.write_text(re.sub(r'^(component = .*)$', r'\1\nreuse_instances = true',
                              iris.read_text().replace('name = "iris"', 'name = "iris-reused"'),
                              flags=re.M))
+    batched = ROOT / "examples" / "iris" / ".bench-batched.toml"
+    batched.write_text(iris.read_text().replace('name = "iris"', 'name = "iris-batched"')
+                       + "\n[batching]\nmax_batch_size = 64\n")
     model = work / "iris.joblib"
     run(python, ROOT / "bench" / "peers" / "iris_model.py", model)
     mlserver_dir = work / "mlserver"
@@ -207,12 +213,17 @@ def servers(python, work):
                                        [weir, "serve", "--listen", f"127.0.0.1:{PORT + 2}",
                                         "--data-dir", work / "weir-reused", reused],
                                        infer.format(PORT + 2, "iris-reused"), env=quiet, log=log)),
+        ("weir-batched", lambda: Server("weir-batched",
+                                        [weir, "serve", "--listen", f"127.0.0.1:{PORT + 3}",
+                                         "--data-dir", work / "weir-batched", batched],
+                                        infer.format(PORT + 3, "iris-batched"), env=quiet,
+                                        log=log)),
         ("mlserver", lambda: Server("mlserver", [VENV / "bin" / "mlserver", "start", mlserver_dir],
                                     infer.format(PORT + 10, "iris"), log=log)),
         ("triton", lambda: Server("triton", [python, ROOT / "bench" / "peers" / "pytriton_iris.py",
                                              model, PORT + 20],
                                   infer.format(PORT + 20, "iris"), env=triton_env, log=log)),
-    ], reused
+    ], [reused, batched]
 
 
 def summary(runs):
@@ -254,7 +265,7 @@ def report(runs):
               f"{r['p99']:.3f} | {r['cores']:.2f} | {r['rss']:.0f} |")
     print("\n| ratio (throughput) | " + " | ".join(f"c={c}" for c in CONCURRENCY) + " |")
     print("|---|" + "---|" * len(CONCURRENCY))
-    for weir in ("weir", "weir-reused"):
+    for weir in ("weir", "weir-reused", "weir-batched"):
         for peer in ("mlserver", "triton", "ceiling"):
             cells = [ratio(runs, weir, peer, c) for c in CONCURRENCY]
             if any(cells):
@@ -279,7 +290,7 @@ def main():
         script = work / "post.lua"
         script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                           f"wrk.body = '{REQUEST}'\n")
-        chosen, reused = servers(python, work)
+        chosen, variants = servers(python, work)
         only = set(args.only.split(",")) if args.only else None
         chosen = [(name, start) for name, start in chosen if not only or name in only]
         groups = [[c for c in chosen if c[0] in SIDE_BY_SIDE]]
@@ -301,7 +312,8 @@ def main():
                     for server in started:
                         server.stop()
         finally:
-            reused.unlink(missing_ok=True)
+            for variant in variants:
+                variant.unlink(missing_ok=True)
         if runs:
             report(runs)
 

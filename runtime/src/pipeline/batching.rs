@@ -156,7 +156,11 @@ impl Drop for Runner<'_> {
 async fn drain(pipeline: Arc<Pipeline>) {
     let batcher = pipeline.batcher.as_ref().expect("a batching pipeline");
     let _runner = Runner(batcher);
-    while let Some(taken) = batcher.take() {
+    loop {
+        // Let the requests already ready on this worker reach the queue first: a batch then
+        // holds what arrived together instead of the one request that woke the runner.
+        tokio::task::yield_now().await;
+        let Some(taken) = batcher.take() else { return };
         run(&pipeline, taken).await;
     }
 }
