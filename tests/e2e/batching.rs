@@ -121,3 +121,22 @@ fn batching_needs_an_open_first_dimension_in_every_declared_tensor() {
         "{message}"
     );
 }
+
+#[test]
+fn a_looping_row_costs_its_batch_the_deadline_and_only_it_gets_the_504() {
+    let mut manifest = batching("looping", 100, "loop");
+    manifest.limits.stage_timeout_ms = 300;
+    let server = TestServer::start(&[manifest]);
+    let requests: Vec<Value> = (0..6).map(|i| request(i, i == 3)).collect();
+    let answers = send_behind_one(&server, "looping", &requests);
+    for (i, (status, body)) in answers.iter().enumerate() {
+        if i == 3 {
+            assert_eq!(*status, 504, "the looping request: {body}");
+            let message = error_message(body);
+            assert!(message.contains("exceeded its deadline of 300 ms"), "{message}");
+        } else {
+            assert_eq!(*status, 200, "request {i}: {body}");
+            assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
+        }
+    }
+}
