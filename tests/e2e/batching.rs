@@ -11,15 +11,16 @@ use weir::pipeline::manifest::Manifest;
 
 /// A batching pipeline of the test component: a preprocess that spins `busy_ms` (so requests
 /// arrive while a batch runs) and a model in `model_mode` for requests holding a negative
-/// number.
+/// number (every request with `model_mode = "huge"`, which adds an empty tensor).
 fn batching(name: &str, busy_ms: u64, model_mode: &str) -> Manifest {
+    let on_request = model_mode != "huge";
     let text = format!(
         "name = \"{name}\"\n\
          [batching]\nmax_batch_size = 16\n\
          [preprocess]\ncomponent = \"faulty-stage@0.1.0\"\npath = \"faulty_stage.wasm\"\n\
          config = {{ mode = \"busy\", ms = {busy_ms} }}\n\
          [model]\ncomponent = \"faulty-stage@0.1.0\"\npath = \"faulty_stage.wasm\"\n\
-         config = {{ mode = \"{model_mode}\", on_request = true }}\n"
+         config = {{ mode = \"{model_mode}\", on_request = {on_request} }}\n"
     );
     Manifest::parse(&text, Path::new(env!("WEIR_TEST_COMPONENTS"))).expect("batching manifest")
 }
@@ -133,10 +134,35 @@ fn a_looping_row_costs_its_batch_the_deadline_and_only_it_gets_the_504() {
         if i == 3 {
             assert_eq!(*status, 504, "the looping request: {body}");
             let message = error_message(body);
-            assert!(message.contains("exceeded its deadline of 300 ms"), "{message}");
+            assert!(
+                message.contains("exceeded its deadline of 300 ms"),
+                "{message}"
+            );
         } else {
             assert_eq!(*status, 200, "request {i}: {body}");
             assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
         }
     }
+}
+
+#[test]
+fn outputs_that_do_not_keep_one_row_per_request_row_are_answered_request_by_request() {
+    // The model adds a tensor of shape [0] whatever the rows: a batch of 7 cannot be split.
+    let server = TestServer::start(&[batching("reducing", 100, "huge")]);
+    let requests: Vec<Value> = (0..8).map(|i| request(i, false)).collect();
+    for (i, (status, body)) in send_behind_one(&server, "reducing", &requests)
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(*status, 200, "request {i}: {body}");
+        assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
+        assert_eq!(body["outputs"][1]["name"], json!("huge"));
+        assert_eq!(body["outputs"][1]["shape"], json!([0]));
+    }
+    // Only the lead request's batch (of one) succeeded as a batch; the others ran alone.
+    let text = metrics(&server);
+    assert_eq!(
+        metric(&text, "weir_batch_size_sum{pipeline=\"reducing\"}"),
+        1.0
+    );
 }

@@ -194,8 +194,17 @@ async fn run(pipeline: &Pipeline, mut taken: Vec<Waiting>) {
     let started = clock.0;
     let outputs = pipeline.run_stages(merged, &mut stages, &mut clock).await;
     let parts = match outputs {
-        Ok(outputs) => split(outputs, &rows)
-            .ok_or_else(|| format!("its outputs do not have {} rows", rows.iter().sum::<u64>())),
+        Ok(outputs) => split(outputs, &rows).ok_or_else(|| {
+            // Not the requests' fault but the pipeline's: a stage that does not keep one
+            // output row per input row makes every batch run twice. Said at warn, so it shows.
+            let total: u64 = rows.iter().sum();
+            tracing::warn!(
+                pipeline = %pipeline.name,
+                "a batch of {total} rows gave outputs that do not have {total} rows; its \
+                 requests run alone (do this pipeline's stages treat rows independently?)"
+            );
+            format!("its outputs do not have {total} rows")
+        }),
         Err(e) => Err(e.to_string()),
     };
     match parts {
