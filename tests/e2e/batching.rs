@@ -60,18 +60,30 @@ fn metric(text: &str, prefix: &str) -> f64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// The request `fault` names (if any) got its status with a message holding its fragment;
+/// every other one got 200 and its own rows back.
+fn check_answers(answers: &[(u16, Value)], requests: &[Value], fault: Option<(usize, u16, &str)>) {
+    for (i, (got, body)) in answers.iter().enumerate() {
+        if let Some((bad, status, fragment)) = fault.filter(|f| f.0 == i) {
+            assert_eq!(*got, status, "the bad request {bad}: {body}");
+            let message = error_message(body);
+            assert!(message.contains(fragment), "{message}");
+        } else {
+            assert_eq!(*got, 200, "request {i}: {body}");
+            assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
+        }
+    }
+}
+
 #[test]
 fn concurrent_requests_share_batches_and_each_gets_its_own_rows() {
     let server = TestServer::start(&[batching("echo", 100, "echo")]);
     let requests: Vec<Value> = (0..8).map(|i| request(i, false)).collect();
-    for (i, (status, body)) in send_behind_one(&server, "echo", &requests)
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(*status, 200, "request {i}: {body}");
+    let answers = send_behind_one(&server, "echo", &requests);
+    check_answers(&answers, &requests, None);
+    for (i, (_, body)) in answers.iter().enumerate() {
         assert_eq!(body["id"], json!(format!("r{i}")));
         assert_eq!(body["outputs"][0]["shape"], json!([1, 2]));
-        assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
     }
     // The first request runs alone; the others arrive during its 100 ms and share a batch.
     let text = metrics(&server);
@@ -87,19 +99,8 @@ fn a_bad_row_fails_only_its_own_request_in_a_batch() {
     let server = TestServer::start(&[batching("fragile", 100, "panic")]);
     let requests: Vec<Value> = (0..8).map(|i| request(i, i == 5)).collect();
     let answers = send_behind_one(&server, "fragile", &requests);
-    for (i, (status, body)) in answers.iter().enumerate() {
-        if i == 5 {
-            assert_eq!(*status, 500, "the bad request: {body}");
-            let message = error_message(body);
-            assert!(
-                message.contains("stage 'model' (faulty-stage@0.1.0) trapped"),
-                "{message}"
-            );
-        } else {
-            assert_eq!(*status, 200, "request {i}: {body}");
-            assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
-        }
-    }
+    let fault = (5, 500, "(faulty-stage@0.1.0) trapped");
+    check_answers(&answers, &requests, Some(fault));
     let text = metrics(&server);
     let queued = "weir_stage_duration_seconds_count{pipeline=\"fragile\",stage=\"queue\"}";
     assert_eq!(
@@ -130,19 +131,8 @@ fn a_looping_row_costs_its_batch_the_deadline_and_only_it_gets_the_504() {
     let server = TestServer::start(&[manifest]);
     let requests: Vec<Value> = (0..6).map(|i| request(i, i == 3)).collect();
     let answers = send_behind_one(&server, "looping", &requests);
-    for (i, (status, body)) in answers.iter().enumerate() {
-        if i == 3 {
-            assert_eq!(*status, 504, "the looping request: {body}");
-            let message = error_message(body);
-            assert!(
-                message.contains("exceeded its deadline of 300 ms"),
-                "{message}"
-            );
-        } else {
-            assert_eq!(*status, 200, "request {i}: {body}");
-            assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
-        }
-    }
+    let fault = (3, 504, "exceeded its deadline of 300 ms");
+    check_answers(&answers, &requests, Some(fault));
 }
 
 #[test]
@@ -150,12 +140,9 @@ fn outputs_that_do_not_keep_one_row_per_request_row_are_answered_request_by_requ
     // The model adds a tensor of shape [0] whatever the rows: a batch of 7 cannot be split.
     let server = TestServer::start(&[batching("reducing", 100, "huge")]);
     let requests: Vec<Value> = (0..8).map(|i| request(i, false)).collect();
-    for (i, (status, body)) in send_behind_one(&server, "reducing", &requests)
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(*status, 200, "request {i}: {body}");
-        assert_eq!(body["outputs"][0]["data"], requests[i]["inputs"][0]["data"]);
+    let answers = send_behind_one(&server, "reducing", &requests);
+    check_answers(&answers, &requests, None);
+    for (_, body) in &answers {
         assert_eq!(body["outputs"][1]["name"], json!("huge"));
         assert_eq!(body["outputs"][1]["shape"], json!([0]));
     }
