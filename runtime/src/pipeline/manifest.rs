@@ -316,8 +316,8 @@ impl Manifest {
         if batching.max_batch_size == 0 {
             bail!("batching.max_batch_size must be at least 1");
         }
-        let declared = self.inputs.iter().chain(&self.outputs);
-        if let Some(fixed) = declared.into_iter().find(|t| t.shape.first() != Some(&-1)) {
+        let mut declared = self.inputs.iter().chain(&self.outputs);
+        if let Some(fixed) = declared.find(|t| t.shape.first() != Some(&-1)) {
             bail!(
                 "[batching] merges requests on the first dimension, so it must be -1 in every \
                  declared input and output; '{}' has shape {:?}",
