@@ -77,7 +77,7 @@ fn check_answers(answers: &[(u16, Value)], requests: &[Value], fault: Option<(us
 
 #[test]
 fn concurrent_requests_share_batches_and_each_gets_its_own_rows() {
-    let server = TestServer::start(&[batching("echo", 100, "echo")]);
+    let server = TestServer::start(&[batching("echo", 200, "echo")]);
     let requests: Vec<Value> = (0..8).map(|i| request(i, false)).collect();
     let answers = send_behind_one(&server, "echo", &requests);
     check_answers(&answers, &requests, None);
@@ -85,7 +85,7 @@ fn concurrent_requests_share_batches_and_each_gets_its_own_rows() {
         assert_eq!(body["id"], json!(format!("r{i}")));
         assert_eq!(body["outputs"][0]["shape"], json!([1, 2]));
     }
-    // The first request runs alone; the others arrive during its 100 ms and share a batch.
+    // The first request runs alone; the others arrive during its 200 ms and share a batch.
     let text = metrics(&server);
     let batches = metric(&text, "weir_batch_size_count{pipeline=\"echo\"}");
     assert_eq!(metric(&text, "weir_batch_size_sum{pipeline=\"echo\"}"), 8.0);
@@ -96,7 +96,7 @@ fn concurrent_requests_share_batches_and_each_gets_its_own_rows() {
 
 #[test]
 fn a_bad_row_fails_only_its_own_request_in_a_batch() {
-    let server = TestServer::start(&[batching("fragile", 100, "panic")]);
+    let server = TestServer::start(&[batching("fragile", 200, "panic")]);
     let requests: Vec<Value> = (0..8).map(|i| request(i, i == 5)).collect();
     let answers = send_behind_one(&server, "fragile", &requests);
     let fault = (5, 500, "(faulty-stage@0.1.0) trapped");
@@ -126,19 +126,19 @@ fn batching_needs_an_open_first_dimension_in_every_declared_tensor() {
 
 #[test]
 fn a_looping_row_costs_its_batch_the_deadline_and_only_it_gets_the_504() {
-    let mut manifest = batching("looping", 100, "loop");
-    manifest.limits.stage_timeout_ms = 300;
+    let mut manifest = batching("looping", 200, "loop");
+    manifest.limits.stage_timeout_ms = 500;
     let server = TestServer::start(&[manifest]);
     let requests: Vec<Value> = (0..6).map(|i| request(i, i == 3)).collect();
     let answers = send_behind_one(&server, "looping", &requests);
-    let fault = (3, 504, "exceeded its deadline of 300 ms");
+    let fault = (3, 504, "exceeded its deadline of 500 ms");
     check_answers(&answers, &requests, Some(fault));
 }
 
 #[test]
 fn outputs_that_do_not_keep_one_row_per_request_row_are_answered_request_by_request() {
     // The model adds a tensor of shape [0] whatever the rows: a batch of 7 cannot be split.
-    let server = TestServer::start(&[batching("reducing", 100, "huge")]);
+    let server = TestServer::start(&[batching("reducing", 200, "huge")]);
     let requests: Vec<Value> = (0..8).map(|i| request(i, false)).collect();
     let answers = send_behind_one(&server, "reducing", &requests);
     check_answers(&answers, &requests, None);
