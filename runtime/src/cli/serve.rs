@@ -41,7 +41,9 @@ pub struct ServeArgs {
 
     /// Most requests running their stages at once; more wait in the queue. Stages are
     /// CPU-bound, so more than about two per core adds latency, not throughput. At most 333:
-    /// each running request holds up to three of the 1000 instance-pool slots.
+    /// each running request holds up to three of the 1000 instance-pool slots. A pipeline with
+    /// [batching] runs one batch at a time outside this count; its requests still count
+    /// against it plus --max-queue while they wait.
     /// Default: twice the number of cores (at most 333).
     #[arg(long, env = "WEIR_MAX_CONCURRENCY",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RUNNING_REQUESTS)))]
