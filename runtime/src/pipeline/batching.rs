@@ -176,7 +176,7 @@ async fn run(pipeline: &Pipeline, mut taken: Vec<Waiting>) {
             reply,
             ..
         } = taken.remove(0);
-        let queued = clock.0 - since;
+        let queued = clock.mark() - since;
         let answer = match pipeline.run_stages(batch, &mut stages, &mut clock).await {
             Ok(outputs) => Answer::Done {
                 outputs,
@@ -191,7 +191,7 @@ async fn run(pipeline: &Pipeline, mut taken: Vec<Waiting>) {
     }
     let merged = merge(&taken.iter().map(|w| &w.batch).collect::<Vec<_>>());
     let rows: Vec<u64> = taken.iter().map(|w| w.rows).collect();
-    let started = clock.0;
+    let started = clock.mark();
     let outputs = pipeline.run_stages(merged, &mut stages, &mut clock).await;
     let parts = match outputs {
         Ok(outputs) => split(outputs, &rows).ok_or_else(|| {

@@ -276,6 +276,11 @@ impl Laps {
         Laps(Instant::now())
     }
 
+    /// When the previous lap (or the start) ended.
+    fn mark(&self) -> Instant {
+        self.0
+    }
+
     /// The time since the previous lap (or the start).
     fn lap(&mut self) -> Duration {
         let now = Instant::now();

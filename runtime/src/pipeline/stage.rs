@@ -171,8 +171,7 @@ impl Stage {
         store.data_mut().enter(&self.identity);
         start_call(store, self.deadline_ticks);
         let outcome = async {
-            let model = self.pre.instantiate_async(&mut *store).await?;
-            store.data_mut().count_instance();
+            let model = self.instantiate(store).await?;
             model
                 .weir_pipeline_stage()
                 .call_process(&mut *store, &self.config, input)
@@ -201,11 +200,7 @@ impl Stage {
         let outcome = async {
             let model = match model {
                 Some(model) => model,
-                None => {
-                    let model = self.pre.instantiate_async(&mut store).await?;
-                    store.data_mut().count_instance();
-                    model
-                }
+                None => self.instantiate(&mut store).await?,
             };
             let output = model
                 .weir_pipeline_stage()
@@ -222,6 +217,13 @@ impl Stage {
             }
             Err(e) => Err(self.trap_error(e, store.data())),
         }
+    }
+
+    /// A new instance in `store`, counted as live (a pool slot) until the store is dropped.
+    async fn instantiate(&self, store: &mut wasmtime::Store<HostState>) -> wasmtime::Result<Model> {
+        let model = self.pre.instantiate_async(&mut *store).await?;
+        store.data_mut().count_instance();
+        Ok(model)
     }
 
     /// Refuse an output batch over the pipeline's `max_output_mib`.
