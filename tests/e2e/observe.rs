@@ -10,34 +10,54 @@ use weir::pipeline::manifest::Manifest;
 
 use crate::support::{TestServer, error_message, repo_root};
 
-fn example() -> std::path::PathBuf {
-    repo_root().join("examples/breast-cancer")
+fn example(example: &str) -> std::path::PathBuf {
+    repo_root().join("examples").join(example)
 }
 
 /// The breast-cancer pipeline under another name, so each scenario has a monitor of its own.
 fn manifest(name: &str) -> Manifest {
-    let text = std::fs::read_to_string(example().join("pipeline.toml")).unwrap();
-    let text = text.replace("name = \"breast-cancer\"", &format!("name = \"{name}\""));
-    Manifest::parse(&text, &example()).unwrap()
+    renamed("breast-cancer", name)
+}
+
+/// An example's pipeline under the name `name`.
+fn renamed(example_name: &str, name: &str) -> Manifest {
+    let dir = example(example_name);
+    let text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
+    let text = text.replace(
+        &format!("name = \"{example_name}\""),
+        &format!("name = \"{name}\""),
+    );
+    Manifest::parse(&text, &dir).unwrap()
 }
 
 /// The held-out rows: 30 features and the true class.
 fn heldout() -> Vec<(Vec<f64>, String)> {
-    let mut reader = csv::Reader::from_path(example().join("heldout.csv")).unwrap();
+    rows(&example("breast-cancer").join("heldout.csv"), 30)
+}
+
+/// The rows of a CSV file: the first `features` columns as numbers, and the next column.
+fn rows(csv: &Path, features: usize) -> Vec<(Vec<f64>, String)> {
+    let mut reader = csv::Reader::from_path(csv).unwrap();
     reader
         .records()
         .map(|r| {
             let r = r.unwrap();
-            let features = r.iter().take(30).map(|v| v.parse().unwrap()).collect();
-            (features, r[30].to_owned())
+            let values = r.iter().take(features).map(|v| v.parse().unwrap()).collect();
+            (values, r[features].to_owned())
         })
         .collect()
 }
 
-/// Send `rows` in requests of 25; every one must succeed.
+/// Send `rows` as FP64 in requests of 25; every one must succeed.
 fn stream(server: &TestServer, pipeline: &str, rows: &[Vec<f64>]) {
+    stream_as(server, pipeline, "FP64", rows);
+}
+
+/// Send `rows` as `datatype` in requests of 25; every one must succeed.
+fn stream_as(server: &TestServer, pipeline: &str, datatype: &str, rows: &[Vec<f64>]) {
     for chunk in rows.chunks(25) {
-        let request = json!({ "inputs": [{ "name": "features", "shape": [chunk.len(), 30], "datatype": "FP64", "data": chunk }] });
+        let width = chunk[0].len();
+        let request = json!({ "inputs": [{ "name": "features", "shape": [chunk.len(), width], "datatype": datatype, "data": chunk }] });
         let (status, body) = server.post_json(&format!("/v2/models/{pipeline}/infer"), &request);
         assert_eq!(status, 200, "{body}");
     }
@@ -128,6 +148,38 @@ fn drift_alerts_on_shifted_columns_and_class_mix_but_not_on_held_out_data() {
         .unwrap();
     assert_eq!(label["method"], "linf");
     assert_eq!(label["status"], "alert", "{label}");
+}
+
+/// The training data itself is no drift, whatever precision it travels in: its values are
+/// recorded to 0.1 cm, so most rows tie, and FP32 rounds 1.4 to 1.39999998. A real shift (one
+/// species only) alerts.
+#[test]
+fn the_training_data_sent_as_fp32_or_fp64_is_no_drift_and_one_species_is() {
+    let server = TestServer::start(&[
+        renamed("iris", "iris-fp32"),
+        renamed("iris", "iris-fp64"),
+        renamed("iris", "setosa"),
+    ]);
+    let training = rows(&example("iris").join("reference.csv"), 4);
+    let features: Vec<Vec<f64>> = training.iter().map(|(f, _)| f.clone()).collect();
+    let four_times = [&features[..]; 4].concat();
+    for (pipeline, datatype) in [("iris-fp32", "FP32"), ("iris-fp64", "FP64")] {
+        stream_as(&server, pipeline, datatype, &four_times);
+        let report = drift(&server, pipeline);
+        assert_eq!(report["window_rows"], 600);
+        let flagged = [columns_at(&report, "warn"), columns_at(&report, "alert")].concat();
+        assert!(flagged.is_empty(), "{datatype}: {flagged:?} in {report}");
+    }
+    let setosa: Vec<Vec<f64>> = training
+        .iter()
+        .filter(|(_, label)| label == "setosa")
+        .map(|(f, _)| f.clone())
+        .collect();
+    stream_as(&server, "setosa", "FP32", &[&setosa[..]; 4].concat());
+    let alerts = columns_at(&drift(&server, "setosa"), "alert");
+    for column in ["petal_length", "petal_width", "label"] {
+        assert!(alerts.contains(&column.to_owned()), "{column}: {alerts:?}");
+    }
 }
 
 #[test]

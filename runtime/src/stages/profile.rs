@@ -167,10 +167,7 @@ fn numeric(mut values: Vec<f64>, bins: usize) -> Summary {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let mut edges: Vec<f64> = (1..bins)
-        .map(|i| values[((i as f64 / bins as f64) * n) as usize])
-        .collect();
-    edges.dedup();
+    let edges = quantile_edges(&values, bins);
     let mut counts = vec![0u64; edges.len() + 1];
     for v in &values {
         counts[Summary::bin(&edges, *v)] += 1;
@@ -183,6 +180,42 @@ fn numeric(mut values: Vec<f64>, bins: usize) -> Summary {
         proportions: counts.iter().map(|c| *c as f64 / n).collect(),
         edges,
     }
+}
+
+/// Inner bin edges near the quantiles of `sorted`, each halfway between two distinct values,
+/// never on one. Reference data is often recorded to a fixed precision (0.1 cm, whole
+/// counts), so many rows share a value; an edge on such a value would put the same number on
+/// either side of it depending on how it was rounded in transit (1.4 as FP32 is 1.39999998,
+/// just below an f64 edge at 1.4), and a monitor fed the training data itself would alarm. An
+/// edge at the quantile that falls inside a run of equal values moves to the nearer end of the
+/// run. A constant column gets two edges tight around its value, so any other value shows.
+fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
+    let n = sorted.len();
+    let (first, last) = (sorted[0], sorted[n - 1]);
+    if first == last {
+        let tolerance = (first.abs() * 1e-6).max(1e-12);
+        return vec![first - tolerance, first + tolerance];
+    }
+    let mut splits: Vec<usize> = (1..bins)
+        .filter_map(|i| {
+            let at = ((i as f64 / bins as f64) * n as f64) as usize;
+            let value = sorted[at];
+            // The run of values equal to `sorted[at]` is sorted[low..high].
+            let low = sorted.partition_point(|v| *v < value);
+            let high = sorted.partition_point(|v| *v <= value);
+            match (low > 0, high < n) {
+                (true, true) if at - low <= high - at => Some(low),
+                (_, true) => Some(high),
+                (true, false) => Some(low),
+                (false, false) => None,
+            }
+        })
+        .collect();
+    splits.dedup();
+    splits
+        .into_iter()
+        .map(|at| sorted[at - 1] + (sorted[at] - sorted[at - 1]) / 2.0)
+        .collect()
 }
 
 fn categorical(present: &[&str]) -> Summary {
@@ -255,4 +288,49 @@ pub fn schema_toml(profile: &Profile) -> String {
 /// Four significant decimals: enough for a range bound, short enough to read.
 fn round(v: f64) -> f64 {
     (v * 1e4).round() / 1e4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_fall_between_distinct_values_never_on_one() {
+        // Recorded to 0.1, heavily tied, as iris's petal lengths are.
+        let values: Vec<f64> = (0..200).map(|i| f64::from(10 + i % 7) / 10.0).collect();
+        let Summary::Numeric { edges, .. } = numeric(values.clone(), 10) else {
+            panic!("numeric")
+        };
+        assert!(!edges.is_empty());
+        for edge in &edges {
+            assert!(values.iter().all(|v| v != edge), "edge {edge} is a value");
+        }
+        // So a value rounded to FP32 on its way lands in the bin of the value it stands for.
+        for v in &values {
+            let narrowed = f64::from(*v as f32);
+            assert_eq!(Summary::bin(&edges, narrowed), Summary::bin(&edges, *v), "{v}");
+        }
+    }
+
+    #[test]
+    fn an_edge_inside_a_run_of_ties_moves_to_the_nearer_end() {
+        // 0: 10 rows, 1: 80 rows, 2: 10 rows; deciles all fall on 1 except the ends.
+        let mut values = vec![0.0; 10];
+        values.extend([1.0; 80]);
+        values.extend([2.0; 10]);
+        assert_eq!(quantile_edges(&values, 10), vec![0.5, 1.5]);
+        let Summary::Numeric { proportions, .. } = numeric(values, 10) else {
+            panic!("numeric")
+        };
+        assert_eq!(proportions, vec![0.1, 0.8, 0.1]);
+    }
+
+    #[test]
+    fn a_constant_column_still_tells_other_values_apart() {
+        let edges = quantile_edges(&[3.0; 20], 10);
+        assert_eq!(Summary::bin(&edges, 3.0), 1);
+        assert_eq!(Summary::bin(&edges, f64::from(3.0f32)), 1);
+        assert_eq!(Summary::bin(&edges, 2.9), 0);
+        assert_eq!(Summary::bin(&edges, 3.1), 2);
+    }
 }
