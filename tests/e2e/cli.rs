@@ -531,3 +531,48 @@ fn after_kill_9_during_swaps_a_restart_serves_the_last_completed_version_without
         "version {active} answered {label}"
     );
 }
+
+/// The active version of the one pipeline `served` serves, by `weir status`.
+fn active_version(served: &Served, dir: &Path) -> u64 {
+    let status: Value = serde_json::from_str(&manage(served, dir, &["status"]).unwrap()).unwrap();
+    status["pipelines"][0]["active"].as_u64().unwrap()
+}
+
+#[test]
+fn a_restart_with_the_same_manifest_keeps_what_operators_did_and_a_changed_one_deploys() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    // A copy of the example, so the test can edit its manifest.
+    let example = dir.join("iris");
+    std::fs::create_dir(&example).unwrap();
+    for file in ["pipeline.toml", "logistic_regression.json", "reference.json"] {
+        std::fs::copy(repo_root().join("examples/iris").join(file), example.join(file)).unwrap();
+    }
+    let manifest = example.join("pipeline.toml");
+    let restart = |served: Served| {
+        drop(served);
+        Served::start(dir, &manifest)
+    };
+    let served = Served::start(dir, &manifest);
+    assert_eq!(active_version(&served, dir), 1);
+    let served = restart(served);
+    assert_eq!(active_version(&served, dir), 1, "the same manifest again");
+
+    push_flipped(&served, dir);
+    let swap = ["swap", "iris", "--stage", "model", "--artifact"];
+    manage(&served, dir, &[&swap[..], &["model=iris-flipped@1.0.0"]].concat()).unwrap();
+    let served = restart(served);
+    assert_eq!(active_version(&served, dir), 2, "a swap survives a restart");
+    manage(&served, dir, &["rollback", "iris", "1"]).unwrap();
+    let served = restart(served);
+    assert_eq!(active_version(&served, dir), 1, "a rollback survives a restart");
+    let versions = manage(&served, dir, &["versions", "iris"]).unwrap();
+    assert_eq!(versions.lines().count(), 2, "no version was added: {versions}");
+
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"virginica\"", "\"Virginica\"")).unwrap();
+    let served = restart(served);
+    assert_eq!(active_version(&served, dir), 3, "the edited manifest deploys");
+    let served = restart(served);
+    assert_eq!(active_version(&served, dir), 3, "once");
+}

@@ -32,8 +32,9 @@ pub enum Command {
     /// Serve pipelines over the V2 REST protocol.
     ///
     /// Opens the store in the data directory, serves every pipeline active there, deploys
-    /// each MANIFEST given (a no-op when it matches the active version), then listens. Log
-    /// verbosity follows RUST_LOG (default: info).
+    /// each MANIFEST given when it changed since it was last deployed from the command line
+    /// (so a restart keeps swaps and rollbacks made since), then listens. Log verbosity
+    /// follows RUST_LOG (default: info).
     Serve(serve::ServeArgs),
     /// Push a component (.wasm) or a model artifact to the store as NAME@VERSION.
     ///

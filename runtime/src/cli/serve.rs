@@ -77,8 +77,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub payload_log_max_mib: u64,
 
-    /// Pipeline manifests (pipeline.toml) to deploy, e.g. examples/iris/pipeline.toml.
-    /// Deploying one that matches the active version again is a no-op.
+    /// Pipeline manifests (pipeline.toml) to deploy, e.g. examples/iris/pipeline.toml. A
+    /// manifest is deployed only when it resolves to something else (its file, or a file it
+    /// names, changed) than the last time it was deployed from here; otherwise the version the
+    /// store has active keeps serving, so swaps, rollbacks and unloads made through the API
+    /// since survive a restart with the same command line.
     #[arg(value_name = "MANIFEST")]
     pub manifests: Vec<PathBuf>,
 }
@@ -92,15 +95,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     for path in &args.manifests {
         let manifest = Manifest::load(path)?;
         let change = registry
-            .deploy(&manifest)
+            .deploy_if_changed(&manifest)
             .with_context(|| format!("deploying {}", path.display()))?;
-        tracing::info!(
-            pipeline = %change.pipeline,
-            version = change.version,
-            created = change.created,
-            "deployed {}",
-            path.display()
-        );
+        match change {
+            Some(change) => tracing::info!(
+                pipeline = %change.pipeline,
+                version = change.version,
+                created = change.created,
+                "deployed {}",
+                path.display()
+            ),
+            None => tracing::info!(
+                pipeline = %manifest.name,
+                "{} is as it was last deployed from the command line: serving what the store \
+                 has active",
+                path.display()
+            ),
+        }
     }
     let status = registry.status();
     if status.is_empty() {

@@ -220,6 +220,37 @@ impl Registry {
         self.activate_spec(spec)
     }
 
+    /// Deploy `manifest`, named on `weir serve`'s command line, only when it resolves to
+    /// something else than the last time it was deployed from there; `None` when it does not.
+    /// The command line is desired state only when it changes: swaps, rollbacks and unloads
+    /// made through the API since stand across restarts. In a store that has no record yet, a
+    /// manifest equal to a retained version counts as deployed from there.
+    pub fn deploy_if_changed(&self, manifest: &Manifest) -> Result<Option<Change>, Error> {
+        let _change = self.changes.lock().unwrap();
+        let spec = spec::resolve(manifest, &self.engine, &self.store).map_err(Error::refused)?;
+        let name = spec.name.clone();
+        let json = spec_json(&spec)?;
+        let deployed = match self.store.command_line_spec(&name).map_err(Error::refused)? {
+            Some(last) => serde_json::from_str::<PipelineSpec>(&last).is_ok_and(|l| l == spec),
+            None => self.retains(&spec),
+        };
+        let change = if deployed {
+            None
+        } else {
+            Some(self.activate_spec(spec)?)
+        };
+        self.store
+            .set_command_line_spec(&name, &json)
+            .map_err(Error::refused)?;
+        Ok(change)
+    }
+
+    /// Whether a retained version of `spec`'s pipeline pins exactly `spec`.
+    fn retains(&self, spec: &PipelineSpec) -> bool {
+        let slot = self.slots.read().unwrap().get(&spec.name).cloned();
+        slot.is_some_and(|s| s.versions.read().unwrap().values().any(|p| p.spec == *spec))
+    }
+
     /// Replace parts of one stage of `name`'s active version, as the next version.
     pub fn swap(&self, name: &str, swap: &Swap) -> Result<Change, Error> {
         let _change = self.changes.lock().unwrap();
@@ -310,13 +341,11 @@ impl Registry {
             ))
         })?;
         let pins = spec.pins(&self.store).map_err(Error::refused)?;
-        let spec_json =
-            serde_json::to_string(&spec).map_err(|e| Error::StageFailed(e.to_string()))?;
         let version = self
             .store
             .add_version(
                 &spec.name,
-                &spec_json,
+                &spec_json(&spec)?,
                 &pins.iter().collect::<Vec<_>>(),
                 true,
             )
@@ -366,4 +395,9 @@ impl Registry {
             created: false,
         })
     }
+}
+
+/// `spec` as the JSON the store keeps.
+fn spec_json(spec: &PipelineSpec) -> Result<String, Error> {
+    serde_json::to_string(spec).map_err(|e| Error::StageFailed(e.to_string()))
 }

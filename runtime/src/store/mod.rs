@@ -115,6 +115,10 @@ CREATE TABLE IF NOT EXISTS pins (
     object_version TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pins_by_object ON pins (kind, name, object_version);
+CREATE TABLE IF NOT EXISTS command_line_specs (
+    pipeline TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -348,6 +352,29 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The spec (JSON) that the manifest named on `weir serve`'s command line for `pipeline`
+    /// last resolved to, if one was ever deployed from there.
+    pub fn command_line_spec(&self, pipeline: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT spec FROM command_line_specs WHERE pipeline = ?1",
+                params![pipeline],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Remember `spec` as what `pipeline`'s command-line manifest resolves to now.
+    pub fn set_command_line_spec(&self, pipeline: &str, spec: &str) -> anyhow::Result<()> {
+        self.db().execute(
+            "INSERT INTO command_line_specs (pipeline, spec) VALUES (?1, ?2) \
+             ON CONFLICT (pipeline) DO UPDATE SET spec = excluded.spec",
+            params![pipeline, spec],
+        )?;
+        Ok(())
     }
 
     /// Every stored version of `pipeline`, oldest first.
