@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{Request, Response, block_on, deploy_both, output, registry};
+use common::{RESPONSE_LIMIT, Request, Response, block_on, deploy_both, output, registry};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use tract_onnx::prelude::*;
@@ -109,6 +109,7 @@ fn bench(c: &mut Criterion) {
                 &pipeline,
                 body.as_bytes(),
                 None,
+                RESPONSE_LIMIT,
                 &mut Trace::default(),
             ))
             .unwrap()
@@ -134,6 +135,7 @@ fn bench(c: &mut Criterion) {
                         pipeline,
                         body.as_bytes(),
                         None,
+                        RESPONSE_LIMIT,
                         &mut Trace::default(),
                     ))
                     .unwrap()

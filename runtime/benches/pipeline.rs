@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{Request, Response, block_on, deploy_both, output, registry};
+use common::{RESPONSE_LIMIT, Request, Response, block_on, deploy_both, output, registry};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use weir::http::inference::infer;
@@ -124,9 +124,15 @@ fn bench(c: &mut Criterion) {
 
     let answer = |p: &Arc<Pipeline>| -> Value {
         serde_json::from_slice(
-            &block_on(infer(p, REQUEST.as_bytes(), None, &mut Trace::default()))
-                .unwrap()
-                .body,
+            &block_on(infer(
+                p,
+                REQUEST.as_bytes(),
+                None,
+                RESPONSE_LIMIT,
+                &mut Trace::default(),
+            ))
+            .unwrap()
+            .body,
         )
         .unwrap()
     };
@@ -165,6 +171,7 @@ fn bench(c: &mut Criterion) {
                     pipeline,
                     REQUEST.as_bytes(),
                     None,
+                    RESPONSE_LIMIT,
                     &mut Trace::default(),
                 ))
                 .unwrap()
@@ -213,7 +220,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let request = json!({ "inputs": [{ "name": "features", "shape": [64, 4], "datatype": "FP64", "data": rows }] });
-    let inputs = weir::protocol::decode_request(request.to_string().as_bytes(), None, 1 << 24)
+    let inputs = weir::protocol::decode_request(request.to_string().as_bytes(), None, 1 << 21)
         .unwrap()
         .batch;
     let outputs = block_on(bare.infer(inputs.clone(), &mut Trace::default())).unwrap();
@@ -237,7 +244,14 @@ async fn all_at_once(pipeline: &Arc<Pipeline>, count: usize) -> usize {
         let pipeline = pipeline.clone();
         requests.spawn(async move {
             let mut trace = Trace::default();
-            infer(&pipeline, REQUEST.as_bytes(), None, &mut trace).await
+            infer(
+                &pipeline,
+                REQUEST.as_bytes(),
+                None,
+                RESPONSE_LIMIT,
+                &mut trace,
+            )
+            .await
         });
     }
     let answers = requests.join_all().await;

@@ -18,9 +18,13 @@ pub enum Error {
     /// The change conflicts with what is stored: an immutable version, a pinned object (409).
     #[error("{0}")]
     Conflict(String),
-    /// The request body is larger than the configured limit (413).
+    /// The request is larger than a limit allows: its body, its inputs for the stages'
+    /// memory, or the response it asks for (413).
     #[error("{0}")]
-    BodyTooLarge(String),
+    TooLarge(String),
+    /// The request body did not arrive in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A stage trapped or reported a failure, or produced unusable output (500).
     #[error("{0}")]
     StageFailed(String),
@@ -57,7 +61,8 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
-            Error::BodyTooLarge(_) => 413,
+            Error::RequestTimeout(_) => 408,
+            Error::TooLarge(_) => 413,
             Error::StageFailed(_) => 500,
             Error::Unavailable(_) | Error::Overloaded(_) => 503,
             Error::StageTimeout(_) => 504,

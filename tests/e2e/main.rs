@@ -4,6 +4,7 @@
 mod batching;
 mod cli;
 mod faults;
+mod hostile;
 mod iris;
 mod lifecycle;
 mod limits;

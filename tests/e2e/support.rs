@@ -8,9 +8,10 @@ use std::thread;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use weir::engine::Engine;
-use weir::http::admission::Admission;
+use weir::http::admission::{Admission, Bounds};
+use weir::http::connections::ConnectionLimits;
 use weir::http::metrics::Metrics;
-use weir::http::{self, App, AppState};
+use weir::http::{self, App, AppState, RequestLimits};
 use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
 use weir::store::Store;
@@ -69,18 +70,18 @@ pub fn registry(manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
 
 /// Server options a test may change.
 pub struct Options {
-    pub max_body_bytes: usize,
-    pub max_concurrency: usize,
-    pub max_queue: usize,
+    pub limits: RequestLimits,
+    pub admission: Bounds,
+    pub connections: ConnectionLimits,
     pub inference_token: Option<&'static str>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            max_body_bytes: 64 << 20,
-            max_concurrency: 4,
-            max_queue: 256,
+            limits: RequestLimits::default(),
+            admission: Bounds::new(4, 256, 512 << 20),
+            connections: ConnectionLimits::default(),
             inference_token: None,
         }
     }
@@ -118,13 +119,9 @@ impl TestServer {
 
     /// Serve `manifests`, refusing bodies over `max_body_bytes`.
     pub fn with_body_limit(manifests: &[Manifest], max_body_bytes: usize) -> TestServer {
-        TestServer::with_options(
-            manifests,
-            Options {
-                max_body_bytes,
-                ..Options::default()
-            },
-        )
+        let mut options = Options::default();
+        options.limits.max_body_bytes = max_body_bytes;
+        TestServer::with_options(manifests, options)
     }
 
     /// Serve `manifests` with `options`.
@@ -132,10 +129,10 @@ impl TestServer {
         let (registry, data_dir) = self::registry(manifests);
         let state = AppState::new(App {
             registry: registry.clone(),
-            max_body_bytes: options.max_body_bytes,
+            limits: options.limits,
             admin_token: TOKEN.to_owned(),
             inference_token: options.inference_token.map(str::to_owned),
-            admission: Admission::new(options.max_concurrency, options.max_queue),
+            admission: Admission::new(options.admission),
             metrics: Metrics::default(),
             payload_log: None,
         });
@@ -150,16 +147,15 @@ impl TestServer {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = thread::spawn(move || {
-            runtime
-                .block_on(http::serve(
-                    listener,
-                    state,
-                    async {
-                        let _ = stopped.await;
-                    },
-                    std::time::Duration::from_secs(5),
-                ))
-                .unwrap();
+            runtime.block_on(http::serve(
+                listener,
+                state,
+                options.connections,
+                async {
+                    let _ = stopped.await;
+                },
+                std::time::Duration::from_secs(5),
+            ));
         });
         TestServer {
             base,

@@ -15,6 +15,9 @@ use weir::store::Store;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The response limit the benchmarks serve with: `weir serve`'s default.
+pub const RESPONSE_LIMIT: usize = 64 << 20;
+
 /// A registry on a store in a temporary directory (kept alive by the returned guard).
 pub fn registry() -> (Registry, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::engine::{Engine, MAX_RUNNING_REQUESTS};
-use crate::http::admission::Admission;
+use crate::http::admission::{Admission, Bounds, MAX_QUEUE};
 use crate::http::auth::{self, TokenSource};
+use crate::http::connections::{self, ConnectionLimits};
 use crate::http::metrics::Metrics;
-use crate::http::{self, App, AppState};
+use crate::http::{self, App, AppState, RequestLimits};
 use crate::pipeline::Registry;
 use crate::pipeline::manifest::Manifest;
 use crate::stages::log::PayloadLog;
@@ -29,9 +30,22 @@ pub struct ServeArgs {
     #[arg(long, default_value = "weir-data", env = "WEIR_DATA_DIR")]
     pub data_dir: PathBuf,
 
-    /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long, default_value_t = 64 << 20, env = "WEIR_MAX_BODY_BYTES")]
+    /// Largest request body accepted, in bytes; larger ones get 413 (a declared
+    /// Content-Length over it before any byte is read).
+    #[arg(long, default_value_t = RequestLimits::default().max_body_bytes, env = "WEIR_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+
+    /// Largest response body sent, in bytes: a request whose answer would be larger gets 413
+    /// (ask for fewer rows or outputs, or binary outputs).
+    #[arg(long, default_value_t = RequestLimits::default().max_response_bytes,
+          env = "WEIR_MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: usize,
+
+    /// Request body bytes all admitted requests (running or waiting) may hold at once. Bytes
+    /// are reserved as a body arrives, so a stalled upload holds only what it sent; a body
+    /// that does not fit gets 503 with Retry-After.
+    #[arg(long, default_value_t = 512 << 20, env = "WEIR_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: u64,
 
     /// File holding the bearer token for the management routes (/v1, /v2/repository). Without
     /// it, the WEIR_ADMIN_TOKEN environment variable; without that, a token generated on first
@@ -49,10 +63,52 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RUNNING_REQUESTS)))]
     pub max_concurrency: Option<u32>,
 
-    /// Most requests waiting for a turn; beyond it the server answers 503 with Retry-After at
-    /// once instead of queueing without bound.
-    #[arg(long, default_value_t = 256, env = "WEIR_MAX_QUEUE")]
-    pub max_queue: usize,
+    /// Most requests waiting for a turn (or for their body to arrive); beyond it the server
+    /// answers 503 with Retry-After at once instead of queueing without bound.
+    #[arg(long, default_value_t = 256, env = "WEIR_MAX_QUEUE",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_QUEUE)))]
+    pub max_queue: u32,
+
+    /// Most requests of one pipeline running at once, so that a slow or hostile pipeline
+    /// fills its own share and leaves turns to the others. Default: half of
+    /// --max-concurrency, rounded up (set it equal to serve one pipeline with every turn).
+    #[arg(long, env = "WEIR_MAX_CONCURRENCY_PER_PIPELINE",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RUNNING_REQUESTS)))]
+    pub max_concurrency_per_pipeline: Option<u32>,
+
+    /// Most requests of one pipeline waiting at once; beyond it that pipeline's requests get
+    /// 503. Default: half of --max-queue, rounded up.
+    #[arg(long, env = "WEIR_MAX_QUEUE_PER_PIPELINE",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_QUEUE)))]
+    pub max_queue_per_pipeline: Option<u32>,
+
+    /// Most client connections open at once; beyond it a connection is answered 503 and
+    /// closed (logged once a second). Lowered at start to fit the open-file limit, which is
+    /// raised to its hard limit first.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections as u32,
+          env = "WEIR_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Seconds a request may take to send all of its headers, from its first byte; a slower
+    /// client's connection is closed.
+    #[arg(long, default_value_t = ConnectionLimits::default().header_timeout.as_secs(),
+          value_name = "SECONDS", env = "WEIR_HEADER_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+
+    /// Seconds a request's body may take to arrive whole; past it the request gets 408.
+    #[arg(long, default_value_t = RequestLimits::default().body_timeout.as_secs(),
+          value_name = "SECONDS", env = "WEIR_BODY_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout: u64,
+
+    /// Seconds an open connection may wait for its next request (or its first) before the
+    /// server closes it.
+    #[arg(long, default_value_t = ConnectionLimits::default().idle_timeout.as_secs(),
+          value_name = "SECONDS", env = "WEIR_IDLE_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
 
     /// File holding a bearer token that inference requests must carry. Without it, inference
     /// is open (health and metadata always are, for probes).
@@ -136,17 +192,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(file) => Some(auth::read_token(file)?),
         None => None,
     };
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    let concurrency = match args.max_concurrency {
-        Some(n) => n as usize,
-        None => (2 * cores).min(MAX_RUNNING_REQUESTS as usize),
-    };
     let state = AppState::new(App {
         registry,
-        max_body_bytes: args.max_body_bytes,
+        limits: RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            max_response_bytes: args.max_response_bytes,
+            body_timeout: Duration::from_secs(args.body_timeout),
+        },
         admin_token: token,
         inference_token,
-        admission: Admission::new(concurrency, args.max_queue),
+        admission: Admission::new(admission_bounds(&args)),
         metrics: Metrics::default(),
         payload_log: match args.payload_log {
             Some(path) => Some(PayloadLog::open(
@@ -157,6 +212,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         },
     });
+    let mut connections = ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+    };
+    connections::fit_file_limit(&mut connections);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -168,13 +229,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         http::serve(
             listener,
             state,
+            connections,
             shutdown_signal(),
             Duration::from_secs(args.shutdown_timeout),
         )
-        .await?;
+        .await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// The admission bounds the flags set, with their defaults: twice the cores running, each
+/// pipeline half of the turns and of the queue.
+fn admission_bounds(args: &ServeArgs) -> Bounds {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let concurrency = match args.max_concurrency {
+        Some(n) => n as usize,
+        None => (2 * cores).min(MAX_RUNNING_REQUESTS as usize),
+    };
+    let mut bounds = Bounds::new(
+        concurrency,
+        args.max_queue as usize,
+        args.max_inflight_body_bytes,
+    );
+    if let Some(n) = args.max_concurrency_per_pipeline {
+        bounds.pipeline_concurrency = n as usize;
+    }
+    if let Some(n) = args.max_queue_per_pipeline {
+        bounds.pipeline_queue = n as usize;
+    }
+    bounds
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

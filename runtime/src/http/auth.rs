@@ -44,7 +44,7 @@ pub fn load_or_create(
             .map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
         std::fs::create_dir_all(data_dir)?;
         crate::store::write_atomically(data_dir, &path, hex::encode(bytes).as_bytes())?;
-        restrict_to_owner(&path)?;
+        crate::store::restrict_to_owner(&path)?;
     }
     Ok((read_token(&path)?, TokenSource::Generated(path)))
 }
@@ -60,18 +60,6 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
         path.display()
     );
     Ok(token.to_owned())
-}
-
-#[cfg(unix)]
-fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn restrict_to_owner(_path: &Path) -> anyhow::Result<()> {
-    Ok(())
 }
 
 /// Middleware: let the request through only with `Authorization: Bearer <admin token>`.
@@ -106,14 +94,16 @@ pub async fn require_inference(
     Ok(next.run(request).await)
 }
 
-/// Whether the request carries `Authorization: Bearer <token>`.
+/// Whether the request carries `Authorization: Bearer <token>`; the scheme's name is
+/// case-insensitive (RFC 9110), so `bearer` does too.
 fn bearer_matches(request: &Request, token: &str) -> bool {
     request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, given)| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
 }
 
 /// Compare without an early exit, so timing does not reveal how much of a guess was right.

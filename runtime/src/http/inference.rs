@@ -4,16 +4,16 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::admission::BodyReservation;
+use super::{App, AppState, body};
 use crate::error::Error;
 use crate::pipeline::manifest::TensorSpec;
 use crate::pipeline::{Pipeline, Trace};
@@ -83,7 +83,7 @@ async fn model_metadata(
     State(app): State<AppState>,
     Path(path): Path<ModelPath>,
 ) -> Result<Json<Value>, Error> {
-    let pipeline = app.registry.get(&path.model, path.version.as_deref())?;
+    let pipeline = pipeline(&app, &path)?;
     let stages: Vec<Value> = pipeline
         .stages()
         .iter()
@@ -110,8 +110,24 @@ async fn model_ready(
     State(app): State<AppState>,
     Path(path): Path<ModelPath>,
 ) -> Result<Json<Value>, Error> {
-    let pipeline = app.registry.get(&path.model, path.version.as_deref())?;
+    let pipeline = pipeline(&app, &path)?;
     Ok(Json(json!({ "name": pipeline.name, "ready": true })))
+}
+
+/// The pipeline a model route names. The 404 for an unknown model lists the served ones,
+/// unless inference needs a token: the metadata routes stay open for probes, and should not
+/// tell a stranger what is served.
+fn pipeline(app: &App, path: &ModelPath) -> Result<Arc<Pipeline>, Error> {
+    let found = app.registry.get(&path.model, path.version.as_deref());
+    match found {
+        Err(Error::NotFound(message))
+            if app.inference_token.is_none() && !app.registry.serves(&path.model) =>
+        {
+            let served = app.registry.names().join(", ");
+            Err(Error::NotFound(format!("{message} (served: {served})")))
+        }
+        other => other,
+    }
 }
 
 /// The binary extension's `Inference-Header-Content-Length`, if sent; read alone, where the
@@ -136,21 +152,21 @@ async fn infer_route(
     State(app): State<AppState>,
     Path(path): Path<ModelPath>,
     HeaderLength(header_length): HeaderLength,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, Error> {
-    let pipeline = app.registry.get(&path.model, path.version.as_deref())?;
-    let body = body.map_err(|rejection| body_error(rejection, app.max_body_bytes))?;
+    let pipeline = pipeline(&app, &path)?;
     let started = Instant::now();
-    // Stages run right here on the async worker, as many at once as admission allows (a
-    // batching pipeline's, in its batch runner's task); a stage that computes for long yields
-    // at every epoch tick, so it does not hold the worker.
     let mut trace = Trace::default();
-    let work = infer(&pipeline, &body, header_length.as_deref(), &mut trace);
-    let result = if pipeline.batches() {
-        app.admission.run_batched(work).await
-    } else {
-        app.admission.run(work).await
-    };
+    let mut reservation = app.admission.reserve_body();
+    let result = admit_and_infer(
+        &app,
+        &pipeline,
+        request,
+        header_length.as_deref(),
+        &mut reservation,
+        &mut trace,
+    )
+    .await;
     let status = result.as_ref().map_or_else(Error::status, |_| 200);
     let error = result.as_ref().err().map(ToString::to_string);
     let record = log::RequestRecord {
@@ -170,7 +186,7 @@ async fn infer_route(
         record.duration.as_secs_f64(),
         &trace,
     );
-    let response = result?;
+    let (body, response) = result?;
     if let Some(payloads) = &app.payload_log {
         payloads.record(&record, &body, &response.body);
     }
@@ -190,24 +206,68 @@ async fn infer_route(
     })
 }
 
+/// Admit the request, then read its body, then answer it when its turn comes. Nothing is
+/// buffered before the request has a place: a body over the limit is refused from its
+/// declared length, and the body's bytes are reserved from the server's budget as they
+/// arrive. The body comes back with the answer, for the payload log.
+async fn admit_and_infer(
+    app: &App,
+    pipeline: &Arc<Pipeline>,
+    request: Request,
+    header_length: Option<&str>,
+    reservation: &mut BodyReservation<'_>,
+    trace: &mut Trace,
+) -> Result<(Bytes, protocol::Response), Error> {
+    let limit = body_limit(app, pipeline);
+    body::check_declared(request.headers(), &limit)?;
+    let ticket = app.admission.admit(&pipeline.name)?;
+    let timeout = app.limits.body_timeout;
+    let body = body::read(request.into_body(), &limit, timeout, reservation).await?;
+    // Stages run right here on the async worker, as many at once as admission allows (a
+    // batching pipeline's, in its batch runner's task); a stage that computes for long yields
+    // at every epoch tick, so it does not hold the worker.
+    let work = infer(
+        pipeline,
+        &body,
+        header_length,
+        app.limits.max_response_bytes,
+        trace,
+    );
+    let response = if pipeline.batches() {
+        ticket.run_batched(work).await
+    } else {
+        ticket.run(work).await
+    }?;
+    Ok((body, response))
+}
+
+/// The body limit for `pipeline`: the server's, or the pipeline's own when lower.
+fn body_limit(app: &App, pipeline: &Pipeline) -> body::Limit {
+    let server = body::Limit {
+        bytes: app.limits.max_body_bytes,
+        setting: "weir serve --max-body-bytes".into(),
+    };
+    match pipeline.spec.limits.max_body_mib {
+        Some(mib) if (mib << 20) < server.bytes as u64 => body::Limit {
+            bytes: (mib << 20) as usize,
+            setting: format!("pipeline '{}''s limits.max_body_mib", pipeline.name),
+        },
+        _ => server,
+    }
+}
+
 /// Answer a V2 request body with `pipeline`: decode, run, select the requested outputs,
-/// encode. `header_length` is the binary extension's header, if sent; `trace` gets the
-/// request id and the time in each stage. The whole per-request cost outside HTTP.
+/// encode (refusing a response over `max_response_bytes`). `header_length` is the binary
+/// extension's header, if sent; `trace` gets the request id and the time in each stage. The
+/// whole per-request cost outside HTTP.
 pub async fn infer(
     pipeline: &Arc<Pipeline>,
     body: &[u8],
     header_length: Option<&str>,
+    max_response_bytes: usize,
     trace: &mut Trace,
 ) -> Result<protocol::Response, Error> {
     let limits = &pipeline.spec.limits;
-    if let Some(mib) = limits.max_body_mib
-        && body.len() as u64 > mib << 20
-    {
-        return Err(Error::BodyTooLarge(format!(
-            "request body is over pipeline '{}''s limit of {mib} MiB (limits.max_body_mib)",
-            pipeline.name
-        )));
-    }
     let mut request = protocol::decode_request(body, header_length, limits.max_tensor_elements)?;
     trace.request_id = request.id.clone();
     let batch = pipeline
@@ -219,18 +279,6 @@ pub async fn infer(
         &pipeline.version,
         request.id.as_deref(),
         &outputs,
+        max_response_bytes,
     )
-}
-
-fn body_error(rejection: BytesRejection, limit: usize) -> Error {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::BodyTooLarge(format!(
-            "request body is over the limit of {limit} bytes (weir serve --max-body-bytes)"
-        ))
-    } else {
-        Error::InvalidInput(format!(
-            "could not read the request body: {}",
-            rejection.body_text()
-        ))
-    }
 }

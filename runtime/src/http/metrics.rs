@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use super::AppState;
+use super::connections::ConnectionMetrics;
 use crate::pipeline::Trace;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +72,8 @@ pub struct Metrics {
     instances: Gauge,
     instance_capacity: Gauge,
     payload_dropped: Counter,
+    /// Open and refused connections, updated by the accept loop.
+    pub connections: ConnectionMetrics,
     /// Per pipeline, the handles its serving version's successful requests update.
     answered: RwLock<HashMap<String, Arc<Answered>>>,
 }
@@ -170,8 +173,20 @@ impl Default for Metrics {
             "Payload log records dropped because the writer fell behind",
             payload_dropped.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed at the connection limit (--max-connections)",
+            connections.refused.clone(),
+        );
         Metrics {
             registry,
+            connections,
             requests,
             request_seconds,
             stage_seconds,

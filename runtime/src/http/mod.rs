@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod body;
+pub mod connections;
 pub mod inference;
 pub mod metrics;
 
@@ -12,15 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::error::Error;
 use crate::pipeline::Registry;
+use connections::ConnectionLimits;
 
 /// What every handler can reach, behind one `Arc`: axum clones the state for every request,
 /// and one reference count costs less than one per field.
@@ -30,18 +33,40 @@ pub struct AppState(Arc<App>);
 /// The server's shared parts.
 pub struct App {
     pub registry: Arc<Registry>,
-    /// The largest request body accepted, bytes.
-    pub max_body_bytes: usize,
+    /// Bounds on each request's body and response.
+    pub limits: RequestLimits,
     /// The bearer token the management routes require.
     pub admin_token: String,
     /// The bearer token inference routes require, if any.
     pub inference_token: Option<String>,
-    /// The bound on requests running and waiting.
+    /// Places, turns and body bytes for requests.
     pub admission: admission::Admission,
     /// The Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// The sampled payload log, when enabled.
     pub payload_log: Option<crate::stages::log::PayloadLog>,
+}
+
+/// Bounds on one request (`weir serve` flags).
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// The largest request body accepted, bytes (a pipeline may set a lower one).
+    pub max_body_bytes: usize,
+    /// The largest response body sent, bytes.
+    pub max_response_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    /// `weir serve`'s defaults.
+    fn default() -> Self {
+        RequestLimits {
+            max_body_bytes: 64 << 20,
+            max_response_bytes: 64 << 20,
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl AppState {
@@ -60,7 +85,7 @@ impl std::ops::Deref for AppState {
 
 /// The router for every route this server answers.
 pub fn router(state: AppState) -> Router {
-    let limit = state.max_body_bytes;
+    let limit = state.limits.max_body_bytes;
     let admin = admin::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         auth::require_admin,
@@ -71,36 +96,45 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
-/// Serve `state` on `listener` until `shutdown` completes; then stop accepting and let
-/// in-flight requests finish, for at most `grace`.
+/// Serve `state` on `listener` within `limits` until `shutdown` completes; then stop
+/// accepting and let in-flight requests finish, for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
     grace: Duration,
-) -> std::io::Result<()> {
-    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    // Small responses go out at once rather than waiting on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping.send(());
-    });
-    tokio::select! {
-        result = server => result,
-        _ = async {
-            let _ = stopped.await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time");
-            Ok(())
-        }
+) {
+    let metrics = state.metrics.connections.clone();
+    connections::serve(listener, router(state), limits, metrics, shutdown, grace).await;
+}
+
+/// Errors that axum's extractors and layers answer (a path segment that does not parse, a
+/// body over the limit) come as plain text; every error of this API is `{"error": ...}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !text || !(status.is_client_error() || status.is_server_error()) {
+        return response;
     }
+    let (mut parts, body) = response.into_parts();
+    let message = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let body = json!({ "error": String::from_utf8_lossy(&message) }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> Error {

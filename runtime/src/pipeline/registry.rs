@@ -143,13 +143,17 @@ impl Registry {
 
     fn slot(&self, name: &str) -> Result<Arc<Slot>, Error> {
         let slots = self.slots.read().unwrap();
-        slots.get(name).cloned().ok_or_else(|| {
-            let names: Vec<&str> = slots.keys().map(String::as_str).collect();
-            Error::NotFound(format!(
-                "unknown model '{name}' (served: {})",
-                names.join(", ")
-            ))
-        })
+        (slots.get(name).cloned()).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))
+    }
+
+    /// Whether a pipeline named `name` exists (active or unloaded).
+    pub fn serves(&self, name: &str) -> bool {
+        self.slots.read().unwrap().contains_key(name)
+    }
+
+    /// Every pipeline's name, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.slots.read().unwrap().keys().cloned().collect()
     }
 
     /// The pipeline `name` at `version` (any retained one), or its active version.
@@ -230,7 +234,11 @@ impl Registry {
         let spec = spec::resolve(manifest, &self.engine, &self.store).map_err(Error::refused)?;
         let name = spec.name.clone();
         let json = spec_json(&spec)?;
-        let deployed = match self.store.command_line_spec(&name).map_err(Error::refused)? {
+        let deployed = match self
+            .store
+            .command_line_spec(&name)
+            .map_err(Error::refused)?
+        {
             Some(last) => serde_json::from_str::<PipelineSpec>(&last).is_ok_and(|l| l == spec),
             None => self.retains(&spec),
         };

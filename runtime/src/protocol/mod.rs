@@ -19,6 +19,17 @@ use crate::tensor::{Batch, Datatype, Tensor, element_count};
 /// The header that gives the length of the JSON part of a body with binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// The most inputs a request may have.
+pub const MAX_INPUTS: usize = 1024;
+
+/// The most request parameters, and their bytes (names and values) in all: every stage gets
+/// them on every call.
+pub const MAX_PARAMETERS: usize = 256;
+pub const MAX_PARAMETER_BYTES: usize = 64 << 10;
+
+/// The most dimensions a tensor may have (numpy's limit).
+pub const MAX_RANK: usize = 64;
+
 /// Parameters attached to a request, an input or an output.
 type Parameters = Map<String, Value>;
 
@@ -83,15 +94,15 @@ pub fn decode_request(
     let (json_part, mut binary_part) = binary::split(body, header_length)?;
     let request: InferenceRequest = serde_json::from_slice(json_part)
         .map_err(|e| Error::InvalidInput(format!("invalid inference request JSON: {e}")))?;
-    let mut seen = HashSet::new();
+    if request.inputs.len() > MAX_INPUTS {
+        return Err(Error::InvalidInput(format!(
+            "the request has {} inputs; at most {MAX_INPUTS} are accepted",
+            request.inputs.len()
+        )));
+    }
+    unique(request.inputs.iter().map(|i| &i.name), "input")?;
     let mut tensors = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        if !seen.insert(input.name.clone()) {
-            return Err(Error::InvalidInput(format!(
-                "input '{}' appears more than once",
-                input.name
-            )));
-        }
         tensors.push(decode_input(input, &mut binary_part, max_elements)?);
     }
     if !binary_part.is_empty() {
@@ -99,6 +110,9 @@ pub fn decode_request(
             "{} bytes of binary data follow the inputs' binary_data_size",
             binary_part.len()
         )));
+    }
+    if let Some(outputs) = &request.outputs {
+        unique(outputs.iter().map(|o| &o.name), "output")?;
     }
     let binary_outputs = flag(&request.parameters, "binary_data_output");
     Ok(Request {
@@ -114,13 +128,46 @@ pub fn decode_request(
         }),
         batch: Batch {
             tensors,
-            parameters: request
-                .parameters
-                .into_iter()
-                .map(|(k, v)| (k, parameter_string(v)))
-                .collect(),
+            parameters: parameters(request.parameters)?,
         },
     })
+}
+
+/// Refuse a name that appears twice: a second copy of an input is ambiguous, and one of an
+/// output would copy the whole tensor into the response again.
+fn unique<'a>(names: impl Iterator<Item = &'a String>, what: &str) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(Error::InvalidInput(format!(
+                "{what} '{name}' appears more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The request parameters as strings, as every stage receives them: at most
+/// [`MAX_PARAMETERS`] of them, of at most [`MAX_PARAMETER_BYTES`] in all.
+fn parameters(given: Parameters) -> Result<Vec<(String, String)>, Error> {
+    if given.len() > MAX_PARAMETERS {
+        return Err(Error::InvalidInput(format!(
+            "the request has {} parameters; at most {MAX_PARAMETERS} are accepted",
+            given.len()
+        )));
+    }
+    let parameters: Vec<(String, String)> = given
+        .into_iter()
+        .map(|(k, v)| (k, parameter_string(v)))
+        .collect();
+    let bytes: usize = parameters.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_PARAMETER_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the request's parameters take {bytes} bytes; at most {MAX_PARAMETER_BYTES} are \
+             accepted"
+        )));
+    }
+    Ok(parameters)
 }
 
 /// Whether boolean parameter `name` is present and true.
@@ -149,12 +196,27 @@ fn decode_input(
         .map(|&d| u64::try_from(d))
         .collect::<Result<Vec<u64>, _>>()
         .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
+    if shape.len() > MAX_RANK {
+        return Err(invalid(format!(
+            "shape has {} dimensions; at most {MAX_RANK} are accepted",
+            shape.len()
+        )));
+    }
     let count = element_count(&shape)
         .ok_or_else(|| invalid(format!("shape {shape:?} has too many elements")))?;
     if count > max_elements {
         return Err(invalid(format!(
             "shape {shape:?} has {count} elements, over this pipeline's limit of {max_elements} \
              (limits.max_tensor_elements)"
+        )));
+    }
+    // A zero dimension makes any other one possible without data; no stage should have to
+    // size anything by a dimension no tensor within the limit could have.
+    let extent = element_count(&shape.iter().map(|&d| d.max(1)).collect::<Vec<_>>());
+    if extent.is_none_or(|extent| extent > max_elements) {
+        return Err(invalid(format!(
+            "shape {shape:?} has dimensions that no tensor within this pipeline's limit of \
+             {max_elements} elements has (limits.max_tensor_elements)"
         )));
     }
     let data = match (input.parameters.get("binary_data_size"), input.data) {
@@ -253,14 +315,16 @@ pub struct Response {
     pub header_length: Option<usize>,
 }
 
-/// Encode the response: JSON outputs inline, binary ones after the JSON part in order.
+/// Encode the response: JSON outputs inline, binary ones after the JSON part in order. A
+/// response that would be over `max_bytes` is refused (413) as soon as the encoder gets
+/// there, never built whole first.
 pub fn encode_response(
     model_name: &str,
     model_version: &str,
     id: Option<&str>,
     outputs: &[Selected],
+    max_bytes: usize,
 ) -> Result<Response, Error> {
-    let any_binary = outputs.iter().any(|o| o.binary);
     let response = InferenceResponse {
         model_name,
         model_version,
@@ -278,21 +342,59 @@ pub fn encode_response(
             })
             .collect(),
     };
-    let mut body = serde_json::to_vec(&response).map_err(|e| Error::StageFailed(e.to_string()))?;
-    if !any_binary {
+    let too_large = || {
+        Error::TooLarge(format!(
+            "the response would be over the limit of {max_bytes} bytes (weir serve \
+             --max-response-bytes); ask for fewer rows or outputs"
+        ))
+    };
+    let binary = outputs.iter().filter(|o| o.binary);
+    let binary_bytes: usize = binary.clone().map(|o| o.tensor.data.len()).sum();
+    let mut writer = Capped {
+        buffer: Vec::new(),
+        room: max_bytes.checked_sub(binary_bytes).ok_or_else(too_large)?,
+    };
+    match serde_json::to_writer(&mut writer, &response) {
+        Ok(()) => {}
+        Err(e) if e.is_io() => return Err(too_large()),
+        Err(e) => return Err(Error::StageFailed(e.to_string())),
+    }
+    let mut body = writer.buffer;
+    if !outputs.iter().any(|o| o.binary) {
         return Ok(Response {
             body,
             header_length: None,
         });
     }
     let header_length = body.len();
-    for output in outputs.iter().filter(|o| o.binary) {
+    body.reserve_exact(binary_bytes);
+    for output in binary {
         body.extend_from_slice(&output.tensor.data);
     }
     Ok(Response {
         body,
         header_length: Some(header_length),
     })
+}
+
+/// A buffer that refuses to grow past `room` bytes.
+struct Capped {
+    buffer: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buffer.len() + bytes.len() > self.room {
+            return Err(std::io::Error::other("over the response limit"));
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Property tests: no body, however malformed, panics the decoder or gets anything but a 400;
@@ -394,7 +496,7 @@ mod tests {
                                             "shape": [items.len()], "data": items }] });
             let request = decode_request(body.to_string().as_bytes(), None, 1 << 24).unwrap();
             let selected = select_outputs(&request.batch.tensors, &request).unwrap();
-            let response = encode_response("m", "1", None, &selected).unwrap();
+            let response = encode_response("m", "1", None, &selected, 1 << 20).unwrap();
             let answer: Value = serde_json::from_slice(&response.body).unwrap();
             prop_assert_eq!(&answer["outputs"][0]["data"], &json!(items));
         }
