@@ -57,6 +57,68 @@ fn serve_refuses_more_running_requests_than_the_instance_pool_holds() {
 }
 
 #[test]
+fn serve_refuses_queue_and_connection_bounds_it_cannot_keep() {
+    for (flag, value) in [
+        ("--max-queue", "18446744073709551615"),
+        ("--max-queue", "2305843009213693951"),
+        ("--max-queue-per-pipeline", "1000001"),
+        ("--max-connections", "0"),
+        ("--header-timeout", "0"),
+    ] {
+        let out = weir()
+            .args(["serve", flag, value, "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {text}");
+        assert!(
+            text.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{flag} {value}: {text}"
+        );
+    }
+    let out = weir().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--max-response-bytes",
+        "--max-inflight-body-bytes",
+        "--max-concurrency-per-pipeline",
+        "--max-queue-per-pipeline",
+        "--max-connections",
+        "--header-timeout",
+        "--body-timeout",
+        "--idle-timeout",
+    ] {
+        assert!(help.contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_request_cannot_make_a_log_line_of_its_size() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        data.path(),
+        &repo_root().join("examples/iris/pipeline.toml"),
+    );
+    let id = "i".repeat(100_000);
+    let name = "n".repeat(100_000);
+    let request = json!({ "id": id, "inputs": [{ "name": name, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4] }] });
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v2/models/iris/infer", served.addr))
+        .body(request.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let record = served.wait_for_log(|r| r["message"] == "request failed");
+    let logged_id = record["id"].as_str().unwrap();
+    assert!(
+        logged_id.len() < 200 && logged_id.ends_with("… (100000 bytes)"),
+        "{logged_id}"
+    );
+    let error = record["error"].as_str().unwrap();
+    assert!(error.len() < 1200 && error.contains("bytes)"), "{error}");
+}
+
+#[test]
 fn serve_with_a_missing_manifest_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = weir()
@@ -545,8 +607,16 @@ fn a_restart_with_the_same_manifest_keeps_what_operators_did_and_a_changed_one_d
     // A copy of the example, so the test can edit its manifest.
     let example = dir.join("iris");
     std::fs::create_dir(&example).unwrap();
-    for file in ["pipeline.toml", "logistic_regression.json", "reference.json"] {
-        std::fs::copy(repo_root().join("examples/iris").join(file), example.join(file)).unwrap();
+    for file in [
+        "pipeline.toml",
+        "logistic_regression.json",
+        "reference.json",
+    ] {
+        std::fs::copy(
+            repo_root().join("examples/iris").join(file),
+            example.join(file),
+        )
+        .unwrap();
     }
     let manifest = example.join("pipeline.toml");
     let restart = |served: Served| {
@@ -560,19 +630,36 @@ fn a_restart_with_the_same_manifest_keeps_what_operators_did_and_a_changed_one_d
 
     push_flipped(&served, dir);
     let swap = ["swap", "iris", "--stage", "model", "--artifact"];
-    manage(&served, dir, &[&swap[..], &["model=iris-flipped@1.0.0"]].concat()).unwrap();
+    manage(
+        &served,
+        dir,
+        &[&swap[..], &["model=iris-flipped@1.0.0"]].concat(),
+    )
+    .unwrap();
     let served = restart(served);
     assert_eq!(active_version(&served, dir), 2, "a swap survives a restart");
     manage(&served, dir, &["rollback", "iris", "1"]).unwrap();
     let served = restart(served);
-    assert_eq!(active_version(&served, dir), 1, "a rollback survives a restart");
+    assert_eq!(
+        active_version(&served, dir),
+        1,
+        "a rollback survives a restart"
+    );
     let versions = manage(&served, dir, &["versions", "iris"]).unwrap();
-    assert_eq!(versions.lines().count(), 2, "no version was added: {versions}");
+    assert_eq!(
+        versions.lines().count(),
+        2,
+        "no version was added: {versions}"
+    );
 
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("\"virginica\"", "\"Virginica\"")).unwrap();
     let served = restart(served);
-    assert_eq!(active_version(&served, dir), 3, "the edited manifest deploys");
+    assert_eq!(
+        active_version(&served, dir),
+        3,
+        "the edited manifest deploys"
+    );
     let served = restart(served);
     assert_eq!(active_version(&served, dir), 3, "once");
 }

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use weir::http::admission::Bounds;
+
 use crate::support::{Options, TestServer, error_message, faulty, faulty_with, iris};
 
 #[test]
@@ -43,7 +45,8 @@ fn per_pipeline_limits_refuse_big_tensors_outputs_and_bodies() {
     let (status, body) = server.post_json("/v2/models/small/infer", &request);
     assert_eq!(status, 413, "{body}");
     assert!(
-        error_message(&body).contains("limit of 1 MiB (limits.max_body_mib)"),
+        error_message(&body)
+            .contains("over the limit of 1048576 bytes (pipeline 'small''s limits.max_body_mib)"),
         "{body}"
     );
 }
@@ -51,8 +54,7 @@ fn per_pipeline_limits_refuse_big_tensors_outputs_and_bodies() {
 #[test]
 fn beyond_capacity_requests_get_503_with_retry_after_at_once() {
     let options = Options {
-        max_concurrency: 1,
-        max_queue: 1,
+        admission: Bounds::new(1, 1, 1 << 20),
         ..Options::default()
     };
     let busy = faulty_with("busy", "mode = \"busy\", ms = 400", "");
@@ -123,4 +125,84 @@ fn an_inference_token_guards_inference_but_not_probes() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(server.get("/v2/health/ready").0, 200);
     assert_eq!(server.get("/v2/models/iris").0, 200);
+}
+
+/// The defaults agree: a tensor at the element limit in the widest datatype fits the stages'
+/// memory (the iris stages answer it), and a batch that cannot fit a stage's memory is
+/// refused as too large, naming both limits, before any stage runs.
+#[test]
+fn inputs_the_element_limit_allows_fit_the_memory_and_others_are_413() {
+    let echo = faulty(
+        "echo",
+        "echo",
+        "[limits]\nmemory_mib = 16\nmax_tensor_elements = 100000000",
+    );
+    let server = TestServer::start(&[iris(), echo]);
+    let rows = 2_097_152 / 4;
+    let header = json!({
+        "parameters": { "binary_data_output": true },
+        "inputs": [{ "name": "features", "shape": [rows, 4], "datatype": "FP64",
+                     "parameters": { "binary_data_size": rows * 32 } }],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for _ in 0..rows {
+        for v in [5.1f64, 3.5, 1.4, 0.2] {
+            body.extend(v.to_le_bytes());
+        }
+    }
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/v2/models/iris/infer", server.base))
+        .header("inference-header-content-length", header.len().to_string())
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let length: usize = response.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = response.bytes().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes[..length]).unwrap();
+    assert_eq!(answer["outputs"][0]["shape"], json!([rows]));
+
+    let header = json!({ "inputs": [{ "name": "x", "shape": [9 << 20], "datatype": "INT8",
+                                      "parameters": { "binary_data_size": 9 << 20 } }] })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.resize(body.len() + (9 << 20), 1);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/v2/models/echo/infer", server.base))
+        .header("inference-header-content-length", header.len().to_string())
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let answer: serde_json::Value = response.json().unwrap();
+    let message = error_message(&answer);
+    assert!(
+        message.contains("the inputs take 9.0 MiB")
+            && message.contains("has 16 MiB of memory (limits.memory_mib)")
+            && message.contains("at most half of it"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_model_is_listed_against_the_served_ones_only_without_a_token() {
+    let open = TestServer::start(&[iris()]);
+    let (status, body) = open.get("/v2/models/nope");
+    assert_eq!(status, 404);
+    assert!(error_message(&body).contains("(served: iris)"), "{body}");
+    let guarded = TestServer::with_options(
+        &[iris()],
+        Options {
+            inference_token: Some("let-me-in"),
+            ..Options::default()
+        },
+    );
+    let (status, body) = guarded.get("/v2/models/nope");
+    assert_eq!(status, 404);
+    assert_eq!(error_message(&body), "unknown model 'nope'");
 }

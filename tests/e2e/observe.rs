@@ -42,7 +42,11 @@ fn rows(csv: &Path, features: usize) -> Vec<(Vec<f64>, String)> {
         .records()
         .map(|r| {
             let r = r.unwrap();
-            let values = r.iter().take(features).map(|v| v.parse().unwrap()).collect();
+            let values = r
+                .iter()
+                .take(features)
+                .map(|v| v.parse().unwrap())
+                .collect();
             (values, r[features].to_owned())
         })
         .collect()
@@ -343,4 +347,15 @@ fn the_payload_log_samples_rotates_and_counts_what_it_drops() {
     assert_eq!(first["id"], "r1");
     assert_eq!(first["request"], json!({ "inputs": [] }));
     assert_eq!(log.dropped(), 0);
+    #[cfg(unix)]
+    for file in [&path, &rotated] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "{} is readable by others",
+            file.display()
+        );
+    }
 }

@@ -208,6 +208,21 @@ const BAD_REQUESTS: &[(&str, u16, &str)] = &[
         400,
         "datatype INT32, expected FP32 or FP64; input 'features' has shape [4]",
     ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"probabilities"},{"name":"probabilities"}]}"#,
+        400,
+        "output 'probabilities' appears more than once",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[4194304,4],"datatype":"FP32","data":[1]}]}"#,
+        400,
+        "has 16777216 elements, over this pipeline's limit of 2097152 (limits.max_tensor_elements)",
+    ),
+    (
+        r#"{"inputs":[{"name":"features","shape":[4611686018427387904,0],"datatype":"FP32","data":[]}]}"#,
+        400,
+        "has dimensions that no tensor within this pipeline's limit of 2097152 elements has",
+    ),
 ];
 
 #[test]
@@ -471,5 +486,78 @@ fn request_parameters_reach_the_stages_and_unknown_ones_are_harmless() {
         json!({ "binary_data_output": false, "content_type": "np", "priority": 3 });
     request["inputs"][0]["parameters"] = json!({ "content_type": "np" });
     let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Requests whose shape, rank, input count or parameters no stage should have to handle are
+/// refused before any stage sees them, on a pipeline that declares no inputs as on one that
+/// does.
+#[test]
+fn requests_too_odd_or_too_many_for_any_stage_are_refused_before_the_stages() {
+    let server = servers();
+    let tensor =
+        |shape: Value| json!({ "name": "x", "shape": shape, "datatype": "INT8", "data": [] });
+    let many_parameters: serde_json::Map<String, Value> =
+        (0..300).map(|i| (format!("p{i}"), json!(i))).collect();
+    let cases = [
+        (
+            json!({ "inputs": [tensor(json!([4_611_686_018_427_387_904u64, 0]))] }),
+            "has dimensions that no tensor",
+        ),
+        (
+            json!({ "inputs": [tensor(json!(vec![1; 65]))] }),
+            "shape has 65 dimensions; at most 64",
+        ),
+        (
+            json!({ "inputs": (0..1025).map(|i| json!({ "name": format!("x{i}"), "shape": [0], "datatype": "INT8", "data": [] })).collect::<Vec<_>>() }),
+            "the request has 1025 inputs; at most 1024",
+        ),
+        (
+            json!({ "parameters": many_parameters, "inputs": [tensor(json!([0]))] }),
+            "the request has 300 parameters; at most 256",
+        ),
+        (
+            json!({ "parameters": { "note": "x".repeat(70_000) }, "inputs": [tensor(json!([0]))] }),
+            "the request's parameters take 70004 bytes; at most 65536",
+        ),
+    ];
+    for (request, fragment) in cases {
+        let (status, body) = server.post_json("/v2/models/echo/infer", &request);
+        assert_eq!(status, 400, "{fragment}: {body}");
+        assert!(
+            error_message(&body).contains(fragment),
+            "{fragment}: {body}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_batch_gets_empty_outputs() {
+    let server = servers();
+    let request = json!({ "inputs": [{ "name": "features", "shape": [0, 4], "datatype": "FP32", "data": [] }] });
+    let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["shape"], json!([0]));
+    assert_eq!(body["outputs"][1]["shape"], json!([0, 3]));
+}
+
+#[test]
+fn a_response_over_the_limit_is_413_naming_it() {
+    let mut options = crate::support::Options::default();
+    options.limits.max_response_bytes = 10_000;
+    let server = TestServer::with_options(&[iris()], options);
+    let rows: Vec<[f32; 4]> = vec![[5.1, 3.5, 1.4, 0.2]; 400];
+    let request = json!({ "inputs": [{ "name": "features", "shape": [400, 4], "datatype": "FP32", "data": rows }] });
+    let (status, body) = server.post_json("/v2/models/iris/infer", &request);
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        error_message(&body)
+            .contains("over the limit of 10000 bytes (weir serve --max-response-bytes)"),
+        "{body}"
+    );
+    let (status, body) = server.post_json(
+        "/v2/models/iris/infer",
+        &one_row("FP32", json!([5.1, 3.5, 1.4, 0.2])),
+    );
     assert_eq!(status, 200, "{body}");
 }

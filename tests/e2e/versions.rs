@@ -210,6 +210,37 @@ fn management_routes_need_the_admin_token() {
         "1",
         "inference needs no token"
     );
+    // The scheme's name is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER"] {
+        let response = client
+            .get(format!("{}/v1/status", server.base))
+            .header("authorization", format!("{scheme} test-admin-token"))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+}
+
+#[test]
+fn management_errors_are_json_and_names_keep_to_their_character_set() {
+    let server = TestServer::with_body_limit(&[iris()], 1024);
+    let (status, body) = server.admin(Method::PUT, "/v1/artifacts/big/1.0.0", vec![0u8; 4096]);
+    assert_eq!(status, 413, "{body}");
+    assert!(error_message(&body).contains("length limit"), "{body}");
+    let (status, body) = server.admin(Method::DELETE, "/v1/artifacts/%FF/1.0.0", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(error_message(&body).contains("UTF-8"), "{body}");
+    let long = "a".repeat(200);
+    for name in ["a%2Fb", "a%40b", "a%0Ab", "a%00b", "-a", long.as_str()] {
+        let (status, body) = server.admin(Method::PUT, &format!("/v1/artifacts/{name}/1.0.0"), "x");
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(
+            error_message(&body).contains("must be 1 to 128 ASCII letters, digits"),
+            "{name}: {body}"
+        );
+    }
+    let (status, body) = server.admin(Method::PUT, "/v1/artifacts/ok.name_1-x/1.0.0", "x");
+    assert_eq!(status, 201, "{body}");
 }
 
 #[test]

@@ -65,6 +65,11 @@ impl Weights {
         self.coef[0].len()
     }
 
+    /// Classes the model tells apart: one per row of `coef`, two for a binary model.
+    fn classes(&self) -> usize {
+        self.coef.len().max(2)
+    }
+
     /// Class probabilities for one row: softmax of the decision function, or the logistic
     /// function for a binary model (one row of `coef`), as scikit-learn computes them.
     fn probabilities(&self, row: &[f64]) -> Vec<f64> {
@@ -113,10 +118,9 @@ impl Stage for LogisticRegression {
             .flat_map(|row| weights.probabilities(row))
             .map(|p| p as f32)
             .collect();
-        let classes = (probabilities.len() / rows.max(1)) as u64;
         batch.push(Tensor::new(
             self.output.clone(),
-            vec![rows as u64, classes],
+            vec![rows as u64, weights.classes() as u64],
             &probabilities,
         ));
         Ok(batch)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::batching::Batching;
 use crate::stages::drift::Thresholds;
 use crate::stages::validate::ColumnSpec;
+use crate::store::check_name;
 use crate::tensor::Datatype;
 
 /// A parsed manifest with every relative path resolved against the manifest's directory.
@@ -201,7 +202,9 @@ pub struct Limits {
     /// Wall-clock time per stage call, ms, checked every epoch tick (10 ms).
     pub stage_timeout_ms: u64,
     /// Most elements in one input tensor, checked from its shape before any data is copied.
-    /// 16,777,216 is 64 MiB of FP32.
+    /// 2,097,152 is 8 MiB of FP32 and 16 MiB of FP64: with the default 64 MiB of memory, a
+    /// stage has room for such an input, its working copies and its output (the bundled
+    /// iris stages answer 524,288 rows of four FP64 features).
     pub max_tensor_elements: u64,
     /// Most tensor bytes a stage may hand on, MiB: a runaway output fails its request instead
     /// of the server's memory.
@@ -212,12 +215,59 @@ pub struct Limits {
     pub max_body_mib: Option<u64>,
 }
 
+impl Limits {
+    fn check(&self) -> anyhow::Result<()> {
+        let max_mib = (crate::engine::MAX_MEMORY >> 20) as u64;
+        within("limits.memory_mib", self.memory_mib, 1, max_mib)?;
+        within(
+            "limits.stage_timeout_ms",
+            self.stage_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        within(
+            "limits.max_tensor_elements",
+            self.max_tensor_elements,
+            1,
+            1 << 40,
+        )?;
+        within("limits.max_output_mib", self.max_output_mib, 1, max_mib)?;
+        if let Some(mib) = self.max_body_mib {
+            within("limits.max_body_mib", mib, 1, 1 << 20)?;
+        }
+        Ok(())
+    }
+}
+
+impl ObserveManifest {
+    fn check(&self) -> anyhow::Result<()> {
+        within("observe.window_rows", self.window_rows, 1, 1 << 40)?;
+        within("observe.window_seconds", self.window_seconds, 1, 1 << 40)?;
+        self.thresholds.check("observe.thresholds")?;
+        for (column, thresholds) in &self.columns {
+            thresholds.check(&format!("observe.columns.{column}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The most rows one batch of a batching pipeline may hold.
+const MAX_BATCH_SIZE: u64 = 1 << 16;
+
+/// Refuse `value` of `field` outside `low..=high`.
+fn within(field: &str, value: u64, low: u64, high: u64) -> anyhow::Result<()> {
+    if !(low..=high).contains(&value) {
+        bail!("{field} is {value}; it must be between {low} and {high}");
+    }
+    Ok(())
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_mib: 64,
             stage_timeout_ms: 1000,
-            max_tensor_elements: 1 << 24,
+            max_tensor_elements: 1 << 21,
             max_output_mib: 16,
             max_body_mib: None,
         }
@@ -285,24 +335,24 @@ impl Manifest {
         .flatten()
     }
 
+    /// Refuse names and values no pipeline can mean, naming the field.
     fn check(&self) -> anyhow::Result<()> {
-        let valid_name = !self.name.is_empty()
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !valid_name {
-            bail!(
-                "pipeline name '{}' must be letters, digits, '-', '_' or '.' (it is part of URLs)",
-                self.name
-            );
+        check_name("pipeline name", &self.name)?;
+        for stage in [
+            self.preprocess.as_ref(),
+            Some(&self.model),
+            self.postprocess.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for key in stage.artifacts.keys() {
+                check_name("artifact name", key)?;
+            }
         }
-        let max_mib = (crate::engine::MAX_MEMORY >> 20) as u64;
-        if self.limits.memory_mib == 0 || self.limits.memory_mib > max_mib {
-            bail!("limits.memory_mib must be between 1 and {max_mib}");
-        }
-        if self.limits.stage_timeout_ms == 0 {
-            bail!("limits.stage_timeout_ms must be at least 1");
+        self.limits.check()?;
+        if let Some(observe) = &self.observe {
+            observe.check()?;
         }
         if let Some(batching) = &self.batching {
             self.check_batching(batching)?;
@@ -313,9 +363,12 @@ impl Manifest {
     /// A batching pipeline's first dimension is the batch: every declared input and output
     /// must leave it open (-1), or merged requests would break the shapes declared.
     fn check_batching(&self, batching: &Batching) -> anyhow::Result<()> {
-        if batching.max_batch_size == 0 {
-            bail!("batching.max_batch_size must be at least 1");
-        }
+        within(
+            "batching.max_batch_size",
+            batching.max_batch_size,
+            1,
+            MAX_BATCH_SIZE,
+        )?;
         let mut declared = self.inputs.iter().chain(&self.outputs);
         if let Some(fixed) = declared.find(|t| t.shape.first() != Some(&-1)) {
             bail!(
@@ -326,5 +379,70 @@ impl Manifest {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest of the bundled scaler, with `extra` TOML appended.
+    fn parse(extra: &str) -> anyhow::Result<Manifest> {
+        let text = format!("name = \"p\"\n[model]\ncomponent = \"standard-scaler@0.1.0\"\n{extra}");
+        Manifest::parse(&text, Path::new("."))
+    }
+
+    #[test]
+    fn absurd_values_are_refused_naming_the_field() {
+        let reference = "[observe]\nreference = { artifact = \"r@1.0.0\" }\n";
+        for (extra, field) in [
+            (
+                "[limits]\nmax_tensor_elements = 0",
+                "limits.max_tensor_elements is 0",
+            ),
+            ("[limits]\nmax_body_mib = 0", "limits.max_body_mib is 0"),
+            ("[limits]\nmax_output_mib = 0", "limits.max_output_mib is 0"),
+            ("[limits]\nmemory_mib = 0", "limits.memory_mib is 0"),
+            (
+                "[limits]\nstage_timeout_ms = 0",
+                "limits.stage_timeout_ms is 0",
+            ),
+            (
+                "[batching]\nmax_batch_size = 9223372036854775807",
+                "batching.max_batch_size is",
+            ),
+            (
+                &format!("{reference}thresholds = {{ psi_warn = nan }}"),
+                "observe.thresholds.psi_warn is NaN",
+            ),
+            (
+                &format!("{reference}thresholds = {{ linf_alert = -1.0 }}"),
+                "observe.thresholds.linf_alert is -1",
+            ),
+            (
+                &format!("{reference}thresholds = {{ psi_warn = 0.5, psi_alert = 0.2 }}"),
+                "observe.thresholds.psi_warn (0.5) is above psi_alert (0.2)",
+            ),
+            (
+                &format!("{reference}columns = {{ x = {{ psi_alert = inf }} }}"),
+                "observe.columns.x.psi_alert is inf",
+            ),
+            (
+                &format!("{reference}window_rows = 0"),
+                "observe.window_rows is 0",
+            ),
+            (
+                &format!("{reference}window_seconds = 0"),
+                "observe.window_seconds is 0",
+            ),
+            (
+                "[model.artifacts]\n\"../x\" = \"w.json\"",
+                "artifact name '../x'",
+            ),
+        ] {
+            let error = format!("{:#}", parse(extra).unwrap_err());
+            assert!(error.contains(field), "{extra}: {error}");
+        }
+        assert!(parse("[limits]\nmax_tensor_elements = 10\n[batching]").is_ok());
     }
 }

@@ -136,6 +136,7 @@ impl Pipeline {
     /// gets the time in each stage.
     pub async fn infer(self: &Arc<Self>, batch: Batch, trace: &mut Trace) -> Result<Batch, Error> {
         let mut clock = Laps::start();
+        self.check_fits(&batch)?;
         self.validate(&batch, trace, &mut clock)?;
         // The monitor's pass over the inputs, and the time it took.
         let observation = (self.monitor.as_deref())
@@ -155,6 +156,26 @@ impl Pipeline {
             trace.stages.push(("observe", observing + clock.lap()));
         }
         Ok(outputs)
+    }
+
+    /// Refuse inputs that cannot fit in a stage's memory (413): a stage holds the batch it
+    /// gets and the batch it returns in its linear memory, so inputs may take at most half of
+    /// `limits.memory_mib`. Without this, a request the element limit lets through could only
+    /// fail inside the stage, as the stage's fault (500).
+    fn check_fits(&self, batch: &Batch) -> Result<(), Error> {
+        let bytes: usize = batch.tensors.iter().map(|t| t.data.len()).sum();
+        let memory = self.spec.limits.memory_mib << 20;
+        if bytes as u64 <= memory / 2 {
+            return Ok(());
+        }
+        Err(Error::TooLarge(format!(
+            "the inputs take {:.1} MiB; a stage of pipeline '{}' has {} MiB of memory \
+             (limits.memory_mib) and holds both the batch it gets and the one it returns, so \
+             inputs may take at most half of it: send fewer rows, or raise limits.memory_mib",
+            bytes as f64 / f64::from(1 << 20),
+            self.name,
+            memory >> 20
+        )))
     }
 
     /// The `validate` stage: the declared inputs' rules.

@@ -47,6 +47,28 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// Refuse thresholds that cannot mean anything: not a number, negative, or a warning
+    /// above its alert. `field` names them in the message.
+    pub fn check(&self, field: &str) -> anyhow::Result<()> {
+        let pairs = [
+            ("psi", self.psi_warn, self.psi_alert),
+            ("linf", self.linf_warn, self.linf_alert),
+        ];
+        for (measure, warn, alert) in pairs {
+            for (level, value) in [("warn", warn), ("alert", alert)] {
+                if !(value.is_finite() && value >= 0.0) {
+                    anyhow::bail!("{field}.{measure}_{level} is {value}; it must be 0 or more");
+                }
+            }
+            if warn > alert {
+                anyhow::bail!("{field}.{measure}_warn ({warn}) is above {measure}_alert ({alert})");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A column's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -3,17 +3,31 @@
 //! lines in a file of their own, written by a background thread through a bounded queue (a
 //! full queue drops the record and counts it, never slows a request), rotated by size.
 
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// Records waiting for the payload writer; beyond this they are dropped and counted.
 const QUEUE: usize = 1024;
+
+/// Bytes of records waiting for the payload writer; beyond this they are dropped and counted
+/// (a record holds whole bodies, which may be many MiB each).
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// The most characters of a client's request id a log record keeps.
+const MAX_ID_CHARS: usize = 128;
+
+/// The most characters of an error message a request's log record keeps: messages quote
+/// what the client sent (names, shapes), which may be long.
+const MAX_ERROR_CHARS: usize = 1024;
 
 /// Rotated payload files kept: `FILE.1` … `FILE.3`.
 const GENERATIONS: usize = 3;
@@ -29,21 +43,32 @@ pub struct RequestRecord<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Write the request's structured log record.
+/// Write the request's structured log record; the client's id and the error are clipped, so
+/// a request cannot make a log line of its size.
 pub fn request(r: &RequestRecord) {
     let stages = StageTimes(r.stages);
     let duration_us = r.duration.as_micros() as u64;
+    let id = r.id.map(|id| clip(id, MAX_ID_CHARS));
+    let id = id.as_deref();
     match r.error {
         None => tracing::info!(
             target: "weir::request",
-            id = r.id, pipeline = r.pipeline, version = r.version, status = r.status, duration_us,
+            id, pipeline = r.pipeline, version = r.version, status = r.status, duration_us,
             stages = %stages, "request"
         ),
         Some(error) => tracing::warn!(
             target: "weir::request",
-            id = r.id, pipeline = r.pipeline, version = r.version, status = r.status, duration_us,
-            stages = %stages, error, "request failed"
+            id, pipeline = r.pipeline, version = r.version, status = r.status, duration_us,
+            stages = %stages, error = %clip(error, MAX_ERROR_CHARS), "request failed"
         ),
+    }
+}
+
+/// `text`, cut after `max` characters with a mark that says how long it was.
+fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len())),
     }
 }
 
@@ -64,13 +89,48 @@ impl std::fmt::Display for StageTimes<'_> {
 /// The payload log: a sample of request and response bodies, as JSON lines.
 pub struct PayloadLog {
     queue: SyncSender<String>,
+    /// Bytes of the records waiting for the writer.
+    queued: Arc<AtomicUsize>,
     every: u64,
     seen: AtomicU64,
     dropped: AtomicU64,
 }
 
+/// One payload log record; bodies that are JSON are embedded as they came.
+#[derive(Serialize)]
+struct PayloadRecord<'a> {
+    id: Option<Cow<'a, str>>,
+    pipeline: &'a str,
+    version: &'a str,
+    status: u16,
+    duration_us: u64,
+    request: Payload<'a>,
+    response: Payload<'a>,
+}
+
+/// A body as the payload log keeps it: its JSON, checked but not parsed into a tree (a body
+/// may be many MiB), or, for binary tensors, its size.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Payload<'a> {
+    Json(&'a RawValue),
+    Binary { binary_bytes: usize },
+}
+
+impl<'a> Payload<'a> {
+    fn of(bytes: &'a [u8]) -> Payload<'a> {
+        serde_json::from_slice(bytes).map_or(
+            Payload::Binary {
+                binary_bytes: bytes.len(),
+            },
+            Payload::Json,
+        )
+    }
+}
+
 impl PayloadLog {
-    /// Log one request in `1 / sample_rate` (rounded) to `path`, rotating at `max_bytes`.
+    /// Log one request in `1 / sample_rate` (rounded) to `path`, rotating at `max_bytes`. The
+    /// file is readable by its owner only: it holds what clients sent.
     pub fn open(path: PathBuf, sample_rate: f64, max_bytes: u64) -> anyhow::Result<PayloadLog> {
         anyhow::ensure!(
             sample_rate > 0.0 && sample_rate <= 1.0,
@@ -78,6 +138,8 @@ impl PayloadLog {
         );
         let file = append(&path)?;
         let (queue, lines) = sync_channel::<String>(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = queued.clone();
         std::thread::Builder::new()
             .name("weir-payload-log".into())
             .spawn(move || {
@@ -90,10 +152,12 @@ impl PayloadLog {
                     if let Err(e) = writer.write(&line) {
                         tracing::error!(error = %e, "payload log write failed");
                     }
+                    written.fetch_sub(line.len(), Ordering::Relaxed);
                 }
             })?;
         Ok(PayloadLog {
             queue,
+            queued,
             every: (1.0 / sample_rate).round().max(1.0) as u64,
             seen: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -101,7 +165,8 @@ impl PayloadLog {
     }
 
     /// Queue a record of this request if it is in the sample. Bodies are embedded as JSON when
-    /// they are JSON, else summarised by size (binary tensors).
+    /// they are JSON, else summarised by size (binary tensors). A record that would take the
+    /// queue over [`QUEUE`] records or [`QUEUE_BYTES`] is dropped and counted.
     pub fn record(&self, r: &RequestRecord, request: &[u8], response: &[u8]) {
         if !self
             .seen
@@ -110,15 +175,23 @@ impl PayloadLog {
         {
             return;
         }
-        let line = json!({
-            "id": r.id, "pipeline": r.pipeline, "version": r.version, "status": r.status,
-            "duration_us": r.duration.as_micros() as u64,
-            "request": body(request), "response": body(response),
-        })
-        .to_string();
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(line)
+        let record = PayloadRecord {
+            id: r.id.map(|id| clip(id, MAX_ID_CHARS)),
+            pipeline: r.pipeline,
+            version: r.version,
+            status: r.status,
+            duration_us: r.duration.as_micros() as u64,
+            request: Payload::of(request),
+            response: Payload::of(response),
+        };
+        let Ok(line) = serde_json::to_string(&record) else {
+            return;
+        };
+        let size = line.len();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES
+            || self.queue.try_send(line).is_err()
         {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -129,12 +202,10 @@ impl PayloadLog {
     }
 }
 
-fn body(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|_| json!({ "binary_bytes": bytes.len() }))
-}
-
 fn append(path: &Path) -> anyhow::Result<File> {
-    Ok(OpenOptions::new().create(true).append(true).open(path)?)
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    crate::store::restrict_to_owner(path)?;
+    Ok(file)
 }
 
 struct Writer {

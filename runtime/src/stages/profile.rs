@@ -308,7 +308,11 @@ mod tests {
         // So a value rounded to FP32 on its way lands in the bin of the value it stands for.
         for v in &values {
             let narrowed = f64::from(*v as f32);
-            assert_eq!(Summary::bin(&edges, narrowed), Summary::bin(&edges, *v), "{v}");
+            assert_eq!(
+                Summary::bin(&edges, narrowed),
+                Summary::bin(&edges, *v),
+                "{v}"
+            );
         }
     }
 

@@ -127,6 +127,12 @@ impl Store {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let blobs = Blobs::open(dir.join("blobs"))?;
         let db_path = dir.join("weir.db");
+        if !db_path.exists() {
+            std::fs::File::create(&db_path)
+                .with_context(|| format!("creating the database {}", db_path.display()))?;
+        }
+        // SQLite gives its -wal and -shm files the database file's mode.
+        restrict_to_owner(&db_path)?;
         let db = Connection::open(&db_path)
             .with_context(|| format!("opening the database {}", db_path.display()))?;
         // WAL with full sync: a committed change survives a crash or power loss.
@@ -161,6 +167,7 @@ impl Store {
         worlds: &str,
         bytes: &[u8],
     ) -> anyhow::Result<(Object, bool)> {
+        check_name(&format!("{} name", kind.as_str()), name)?;
         let digest = crate::digest(bytes);
         if let Some(existing) = self.get(kind, name, version)? {
             if existing.digest != digest {
@@ -417,6 +424,46 @@ fn set_active(
     Ok(())
 }
 
+/// Make `path` readable and writable by its owner only (0600): the token, the database and
+/// the payload log hold what nobody else on the machine should read.
+#[cfg(unix)]
+pub fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} readable by its owner only", path.display()))
+}
+
+#[cfg(not(unix))]
+pub fn restrict_to_owner(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// The longest name of a pipeline, component, artifact or artifact key.
+pub const MAX_NAME: usize = 128;
+
+/// Refuse a name that is not 1 to [`MAX_NAME`] ASCII letters, digits, `-`, `_` or `.`,
+/// starting with a letter or digit. Names appear in URLs, file names, log lines and
+/// `name@version` references, so none may hold a `/`, an `@` or a control character, or be
+/// `.` or `..`.
+/// `what` names the field in the message.
+pub fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    let starts_well = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if name.len() > MAX_NAME || !starts_well || !name.chars().all(allowed) {
+        let shown: String = name
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
+        bail!(
+            "{what} '{shown}' must be 1 to {MAX_NAME} ASCII letters, digits, '-', '_' or '.', \
+             starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
 /// Store refusals a caller must tell apart (to answer 404 or 409).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -426,4 +473,43 @@ pub enum StoreError {
     Pinned(String),
     #[error("{0}")]
     Immutable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_to_their_character_set_and_length() {
+        for good in [
+            "iris",
+            "standard-scaler",
+            "iris.model",
+            "v1_2",
+            "A",
+            &"a".repeat(128),
+        ] {
+            assert!(check_name("name", good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a@b", "a\nb", "a\0b", "-a", "é", &long,
+        ] {
+            let error = check_name("artifact name", bad).unwrap_err().to_string();
+            assert!(error.starts_with("artifact name '"), "{bad}: {error}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("weir.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }
