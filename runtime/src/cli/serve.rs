@@ -41,9 +41,10 @@ pub struct ServeArgs {
           env = "WEIR_MAX_RESPONSE_BYTES")]
     pub max_response_bytes: usize,
 
-    /// Request body bytes all admitted requests (running or waiting) may hold at once. Bytes
-    /// are reserved as a body arrives, so a stalled upload holds only what it sent; a body
-    /// that does not fit gets 503 with Retry-After.
+    /// Request body bytes all admitted requests (running or waiting) may hold at once, beyond
+    /// the first 64 KiB of each (which come with the request's place, so that large uploads
+    /// cannot turn small requests away). Bytes are reserved as a body arrives, so a stalled
+    /// upload holds only what it sent; a body that does not fit gets 503 with Retry-After.
     #[arg(long, default_value_t = 512 << 20, env = "WEIR_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: u64,
 

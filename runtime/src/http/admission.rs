@@ -7,7 +7,8 @@
 //!   pipeline runs one batch at a time, for all of them.
 //! - **Body bytes** from one budget for every admitted request, reserved as the body arrives:
 //!   what bodies hold at once is bounded by a setting, and a stalled upload holds only what it
-//!   sent.
+//!   sent. A body's first [`UNRESERVED_BODY`] bytes come with its place, so uploads that fill
+//!   the budget cannot turn away the small requests most traffic is.
 //! - A **running turn**, within its pipeline's share and across the server, before its stages
 //!   run. A pipeline's share is smaller than the server's, so a slow or hostile pipeline fills
 //!   its own share and leaves the rest to the others.
@@ -22,6 +23,9 @@ use crate::error::Error;
 /// The most requests that may wait: far beyond any machine's needs, and a bound that keeps
 /// every count within what a semaphore holds.
 pub const MAX_QUEUE: u32 = 1_000_000;
+
+/// The bytes of each body that its place covers, beyond the budget: most requests are smaller.
+pub const UNRESERVED_BODY: u64 = 64 << 10;
 
 /// The bounds admission enforces.
 #[derive(Clone, Debug)]
@@ -198,9 +202,11 @@ impl Ticket<'_> {
 }
 
 impl BodyReservation<'_> {
-    /// Hold `bytes` of body in all; a 503 when the server's budget has no room for them.
+    /// Hold `bytes` of body in all; a 503 when the server's budget has no room for those
+    /// beyond the first [`UNRESERVED_BODY`].
     pub fn grow_to(&mut self, bytes: u64) -> Result<(), Error> {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let beyond = bytes.saturating_sub(UNRESERVED_BODY);
+        let kib = u32::try_from(beyond.div_ceil(1024)).unwrap_or(u32::MAX);
         if kib <= self.kib {
             return Ok(());
         }
@@ -246,15 +252,17 @@ mod tests {
     }
 
     #[test]
-    fn body_bytes_are_reserved_as_they_arrive_and_given_back() {
+    fn body_bytes_beyond_the_first_are_reserved_as_they_arrive_and_given_back() {
         let admission = Admission::new(Bounds::new(4, 4, 10 << 10));
         let mut first = admission.reserve_body();
-        first.grow_to(6 << 10).unwrap();
+        first.grow_to(UNRESERVED_BODY + (6 << 10)).unwrap();
         let mut second = admission.reserve_body();
-        second.grow_to(4 << 10).unwrap();
-        let refused = second.grow_to(5 << 10).err().unwrap();
+        second.grow_to(UNRESERVED_BODY + (4 << 10)).unwrap();
+        let refused = second.grow_to(UNRESERVED_BODY + (5 << 10)).err().unwrap();
         assert!(refused.to_string().contains("--max-inflight-body-bytes"));
+        let mut small = admission.reserve_body();
+        small.grow_to(UNRESERVED_BODY).unwrap();
         drop(first);
-        second.grow_to(9 << 10).unwrap();
+        second.grow_to(UNRESERVED_BODY + (9 << 10)).unwrap();
     }
 }
