@@ -143,43 +143,21 @@ fn inputs_the_element_limit_allows_fit_the_memory_and_others_are_413() {
         "parameters": { "binary_data_output": true },
         "inputs": [{ "name": "features", "shape": [rows, 4], "datatype": "FP64",
                      "parameters": { "binary_data_size": rows * 32 } }],
-    })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    for _ in 0..rows {
-        for v in [5.1f64, 3.5, 1.4, 0.2] {
-            body.extend(v.to_le_bytes());
-        }
-    }
-    let response = reqwest::blocking::Client::new()
-        .post(format!("{}/v2/models/iris/infer", server.base))
-        .header("inference-header-content-length", header.len().to_string())
-        .body(body)
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let length: usize = response.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = response.bytes().unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&bytes[..length]).unwrap();
+    });
+    let features: Vec<u8> = [5.1f64, 3.5, 1.4, 0.2]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let (status, answer, _) =
+        server.post_binary("/v2/models/iris/infer", &header, &features.repeat(rows));
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outputs"][0]["shape"], json!([rows]));
 
     let header = json!({ "inputs": [{ "name": "x", "shape": [9 << 20], "datatype": "INT8",
-                                      "parameters": { "binary_data_size": 9 << 20 } }] })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.resize(body.len() + (9 << 20), 1);
-    let response = reqwest::blocking::Client::new()
-        .post(format!("{}/v2/models/echo/infer", server.base))
-        .header("inference-header-content-length", header.len().to_string())
-        .body(body)
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 413);
-    let answer: serde_json::Value = response.json().unwrap();
+                                      "parameters": { "binary_data_size": 9 << 20 } }] });
+    let (status, answer, _) =
+        server.post_binary("/v2/models/echo/infer", &header, &vec![1; 9 << 20]);
+    assert_eq!(status, 413, "{answer}");
     let message = error_message(&answer);
     assert!(
         message.contains("the inputs take 9.0 MiB")

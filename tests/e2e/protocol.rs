@@ -247,39 +247,6 @@ fn every_bad_request_gets_its_status_and_a_message_naming_the_cause() {
     );
 }
 
-/// POST a binary-extension body; the status, the JSON part and the binary part.
-fn post_binary(
-    server: &TestServer,
-    path: &str,
-    header: &Value,
-    binary: &[u8],
-) -> (u16, Value, Vec<u8>) {
-    let json_part = header.to_string();
-    let mut body = json_part.clone().into_bytes();
-    body.extend_from_slice(binary);
-    let response = reqwest::blocking::Client::new()
-        .post(format!("{}{path}", server.base))
-        .header(
-            "Inference-Header-Content-Length",
-            json_part.len().to_string(),
-        )
-        .body(body)
-        .send()
-        .unwrap();
-    let status = response.status().as_u16();
-    let length: Option<usize> = response
-        .headers()
-        .get("inference-header-content-length")
-        .map(|v| v.to_str().unwrap().parse().unwrap());
-    let bytes = response.bytes().unwrap().to_vec();
-    let split = length.unwrap_or(bytes.len());
-    (
-        status,
-        serde_json::from_slice(&bytes[..split]).unwrap(),
-        bytes[split..].to_vec(),
-    )
-}
-
 fn le_f32(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -293,8 +260,7 @@ fn binary_tensors_in_and_out_as_tritonclient_sends_them() {
         "outputs": [{ "name": "label", "parameters": { "binary_data": true } },
                     { "name": "probabilities", "parameters": { "binary_data": false } }],
     });
-    let (status, json_part, binary) = post_binary(
-        &server,
+    let (status, json_part, binary) = server.post_binary(
         "/v2/models/iris/infer",
         &header,
         &le_f32(&[5.1, 3.5, 1.4, 0.2]),
@@ -312,8 +278,7 @@ fn binary_tensors_in_and_out_as_tritonclient_sends_them() {
         "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32",
                      "parameters": { "binary_data_size": 16 } }],
     });
-    let (status, json_part, binary) = post_binary(
-        &server,
+    let (status, json_part, binary) = server.post_binary(
         "/v2/models/iris/infer",
         &header,
         &le_f32(&[6.7, 3.0, 5.2, 2.3]),
@@ -338,7 +303,7 @@ fn fp16_and_bf16_travel_in_binary_form() {
             { "name": "b", "shape": [2], "datatype": "BF16", "parameters": { "binary_data_size": 4 } },
         ],
     });
-    let (status, json_part, binary) = post_binary(&server, "/v2/models/echo/infer", &header, &raw);
+    let (status, json_part, binary) = server.post_binary("/v2/models/echo/infer", &header, &raw);
     assert_eq!(status, 200, "{json_part}");
     assert_eq!(json_part["outputs"][0]["datatype"], "FP16");
     assert_eq!(json_part["outputs"][1]["datatype"], "BF16");
@@ -382,7 +347,7 @@ fn malformed_binary_bodies_are_400_naming_the_problem() {
         } else {
             "/v2/models/iris/infer"
         };
-        let (status, body, _) = post_binary(&server, path, &header, &binary);
+        let (status, body, _) = server.post_binary(path, &header, &binary);
         assert_eq!(status, 400, "{body}");
         assert!(
             error_message(&body).contains(fragment),

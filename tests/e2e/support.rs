@@ -194,6 +194,36 @@ impl TestServer {
         self.post(path, body.to_string())
     }
 
+    /// POST a binary-extension body (`header` as the JSON part, then `binary`) to `path`; the
+    /// status, the JSON part and the binary part of the answer.
+    pub fn post_binary(&self, path: &str, header: &Value, binary: &[u8]) -> (u16, Value, Vec<u8>) {
+        let json_part = header.to_string();
+        let mut body = json_part.clone().into_bytes();
+        body.extend_from_slice(binary);
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(
+                "Inference-Header-Content-Length",
+                json_part.len().to_string(),
+            )
+            .body(body)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let length: Option<usize> = response
+            .headers()
+            .get("inference-header-content-length")
+            .map(|v| v.to_str().unwrap().parse().unwrap());
+        let bytes = response.bytes().unwrap().to_vec();
+        let split = length.unwrap_or(bytes.len());
+        (
+            status,
+            serde_json::from_slice(&bytes[..split]).unwrap(),
+            bytes[split..].to_vec(),
+        )
+    }
+
     /// A management request with the admin token; the status and the JSON body (null if none).
     pub fn admin(
         &self,

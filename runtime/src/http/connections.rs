@@ -307,20 +307,20 @@ impl Timed {
     /// A read is waiting: wait no longer than the phase allows. Ready with the outcome once
     /// its deadline has passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (deadline, expired): (Instant, fn() -> io::Result<()>) =
-            match self.tracker.waiting(cx) {
-                Phase::Idle(since) => (since + self.idle_timeout, || Ok(())),
-                Phase::Head(since) => (since + self.header_timeout, || {
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request headers not complete within --header-timeout",
-                    ))
-                }),
-                Phase::Busy => {
-                    self.timer = None;
-                    return Poll::Pending;
-                }
-            };
+        let (deadline, expired): (Instant, fn() -> io::Result<()>) = match self.tracker.waiting(cx)
+        {
+            Phase::Idle(since) => (since + self.idle_timeout, || Ok(())),
+            Phase::Head(since) => (since + self.header_timeout, || {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request headers not complete within --header-timeout",
+                ))
+            }),
+            Phase::Busy => {
+                self.timer = None;
+                return Poll::Pending;
+            }
+        };
         let deadline = tokio::time::Instant::from_std(deadline);
         let timer = self
             .timer
