@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
-use tower::Service;
+use tower::ServiceExt;
 
 /// The most a connection buffers of its input (headers included: larger headers get 431).
 pub const READ_BUFFER: usize = 64 << 10;
@@ -273,10 +273,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PhaseService {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.tracker.busy();
-        let mut router = self.router.clone();
+        let router = self.router.clone();
         let tracker = self.tracker.clone();
         Box::pin(async move {
-            let response = router.call(request.map(axum::body::Body::new)).await;
+            let response = router.oneshot(request.map(axum::body::Body::new)).await;
             tracker.idle();
             response
         })

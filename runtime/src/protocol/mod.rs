@@ -212,7 +212,7 @@ fn decode_input(
     }
     // A zero dimension makes any other one possible without data; no stage should have to
     // size anything by a dimension no tensor within the limit could have.
-    let extent = element_count(&shape.iter().map(|&d| d.max(1)).collect::<Vec<_>>());
+    let extent = (shape.iter()).try_fold(1u64, |n, &d| n.checked_mul(d.max(1)));
     if extent.is_none_or(|extent| extent > max_elements) {
         return Err(invalid(format!(
             "shape {shape:?} has dimensions that no tensor within this pipeline's limit of \
