@@ -3,6 +3,7 @@
 //! from the server's body budget first, so slow, stalled or oversized uploads cannot hold
 //! memory beyond what the settings state.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -17,7 +18,7 @@ use crate::error::Error;
 pub struct Limit {
     pub bytes: usize,
     /// The setting that sets it, e.g. `weir serve --max-body-bytes`.
-    pub setting: String,
+    pub setting: Cow<'static, str>,
 }
 
 impl Limit {

@@ -19,6 +19,7 @@ use crate::pipeline::manifest::TensorSpec;
 use crate::pipeline::{Pipeline, Trace};
 use crate::protocol;
 use crate::stages::log;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -245,12 +246,15 @@ async fn admit_and_infer(
 fn body_limit(app: &App, pipeline: &Pipeline) -> body::Limit {
     let server = body::Limit {
         bytes: app.limits.max_body_bytes,
-        setting: "weir serve --max-body-bytes".into(),
+        setting: Cow::Borrowed("weir serve --max-body-bytes"),
     };
     match pipeline.spec.limits.max_body_mib {
         Some(mib) if (mib << 20) < server.bytes as u64 => body::Limit {
             bytes: (mib << 20) as usize,
-            setting: format!("pipeline '{}''s limits.max_body_mib", pipeline.name),
+            setting: Cow::Owned(format!(
+                "pipeline '{}''s limits.max_body_mib",
+                pipeline.name
+            )),
         },
         _ => server,
     }
