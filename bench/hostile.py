@@ -9,7 +9,9 @@ Serves the iris example and, for --seconds, drives at once:
   - stalled     --stalled uploads that declare 64 MiB, send --stalled-mib, then stall;
   - oversized   one client declaring 1 GiB bodies and sending none.
 Every hostile connection reconnects as soon as the server closes it. The server's resident
-memory is sampled every second. Run it against two builds to compare them (--weir PATH); the
+memory is sampled every second. Then, on a fresh server, a burst: --burst concurrent requests
+at the default element limit (2,097,152 FP64 elements, 16 MiB in binary form each), with the
+answers counted and the server's peak memory read. Run it against two builds to compare them (--weir PATH); the
 server gets only flags every build knows, so both run with their defaults.
 
 Traffic goes to 127.0.0.1 only, every task stops at the deadline, and the server is stopped
@@ -22,7 +24,9 @@ Needs: python3 (standard library only); builds target/release/weir if --weir is 
 
 import argparse
 import asyncio
+import contextlib
 import json
+import struct
 import resource
 import statistics
 import subprocess
@@ -152,6 +156,38 @@ def oversized(tally):
     return send
 
 
+async def burst(count):
+    """`count` requests at once at the element limit; their statuses (or errors)."""
+    rows = 2_097_152 // 4
+    data = struct.pack("<4d", 5.1, 3.5, 1.4, 0.2) * rows
+    header = json.dumps({"parameters": {"binary_data_output": True},
+                         "inputs": [{"name": "features", "shape": [rows, 4], "datatype": "FP64",
+                                     "parameters": {"binary_data_size": len(data)}}]}).encode()
+    head = (f"POST {PATH} HTTP/1.1\r\nhost: bench\r\ncontent-length: {len(header) + len(data)}"
+            f"\r\ninference-header-content-length: {len(header)}\r\n\r\n").encode()
+
+    async def one():
+        try:
+            reader, writer = await asyncio.open_connection(HOST, PORT)
+            writer.write(head + header + data)
+            await writer.drain()
+            status, _ = await asyncio.wait_for(read_response(reader), 120)
+            writer.close()
+            return status
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+            return type(e).__name__
+
+    statuses = {}
+    for status in await asyncio.gather(*(one() for _ in range(count))):
+        statuses[status] = statuses.get(status, 0) + 1
+    return statuses
+
+
+def peak_rss(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(l.split()[1]) / 1024 for l in status if l.startswith("VmHWM"))
+
+
 async def sample_rss(pid, deadline, samples):
     while time.monotonic() < deadline:
         with open(f"/proc/{pid}/status") as status:
@@ -185,34 +221,45 @@ def main():
     parser.add_argument("--idle", type=int, default=700)
     parser.add_argument("--stalled", type=int, default=32)
     parser.add_argument("--stalled-mib", type=int, default=32)
+    parser.add_argument("--burst", type=int, default=64)
     args = parser.parse_args()
     weir = args.weir
     if weir is None:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT, check=True)
         weir = ROOT / "target" / "release" / "weir"
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the load generator's own sockets
 
     def server_limits():
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.nofile, hard), hard))
 
-    with tempfile.TemporaryDirectory() as data:
-        log = open(Path(data) / "serve.log", "w")
-        server = subprocess.Popen(
-            [weir, "serve", "--log-format", "json", "--listen", f"{HOST}:{PORT}",
-             "--data-dir", Path(data) / "store", ROOT / "examples/iris/pipeline.toml"],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=server_limits)
-        try:
-            for _ in range(600):
-                if '"addr"' in (Path(data) / "serve.log").read_text():
-                    break
-                time.sleep(0.1)
-            else:
-                sys.exit("the server did not start")
-            tally, samples = asyncio.run(soak(args, server.pid))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    @contextlib.contextmanager
+    def serving():
+        """A fresh `weir serve` of the iris example; its process."""
+        with tempfile.TemporaryDirectory() as data:
+            log_path = Path(data) / "serve.log"
+            log = open(log_path, "w")
+            server = subprocess.Popen(
+                [weir, "serve", "--log-format", "json", "--listen", f"{HOST}:{PORT}",
+                 "--data-dir", Path(data) / "store", ROOT / "examples/iris/pipeline.toml"],
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=server_limits)
+            try:
+                for _ in range(600):
+                    if '"addr"' in log_path.read_text():
+                        break
+                    time.sleep(0.1)
+                else:
+                    sys.exit("the server did not start")
+                yield server
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+
+    with serving() as server:
+        tally, samples = asyncio.run(soak(args, server.pid))
+    with serving() as server:
+        bursts = asyncio.run(burst(args.burst))
+        burst_peak = peak_rss(server.pid)
     answered = sum(tally.statuses.values())
     ok = tally.statuses.get(200, 0)
     latencies = sorted(tally.latencies) or [0]
@@ -230,6 +277,8 @@ def main():
         print(f"RSS MiB: first {samples[0]:.0f}, peak {max(samples):.0f}, "
               f"median of the last third {statistics.median(samples[-third:]):.0f}, "
               f"last {samples[-1]:.0f}")
+    print(f"burst of {args.burst} requests of 2,097,152 FP64 elements (16 MiB each): {bursts}, "
+          f"peak RSS {burst_peak:.0f} MiB")
 
 
 if __name__ == "__main__":

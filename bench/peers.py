@@ -22,7 +22,11 @@ Traffic goes to 127.0.0.1 only; every run is bounded (--seconds); the processes 
 stopped when it ends, however it ends. The Python peers live in a venv the script creates
 (target/bench-venv, reused on the next run).
 
-Usage: python3 bench/peers.py [--seconds 10] [--rounds 3] [--only weir,ceiling]
+With --baseline PATH, another build of `weir` (say, of the previous commit) serves the same
+example as `weir-baseline` beside the others, and the report gives `weir / weir-baseline`: what
+a change did to speed, measured in one run.
+
+Usage: python3 bench/peers.py [--seconds 10] [--rounds 3] [--only weir,ceiling] [--baseline PATH]
 Needs: cargo, python3 with venv, wrk (apt-get install wrk; installed if missing and root).
 """
 
@@ -48,21 +52,24 @@ REQUEST = '{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":
 CONCURRENCY = [1, 8, 64]
 PORT = 18300
 # Servers driven in turn, round after round, so that their ratios are paired in time.
-SIDE_BY_SIDE = ("ceiling", "weir", "weir-reused", "weir-batched")
+SIDE_BY_SIDE = ("ceiling", "weir", "weir-baseline", "weir-reused", "weir-batched")
+PYTHON_PEERS = ("mlserver", "triton")
 
 
 def run(*args, **kwargs):
     return subprocess.run([str(a) for a in args], check=True, **kwargs)
 
 
-def setup():
-    """Build Weir and the ceiling, install wrk and the Python peers if needed."""
+def setup(python_peers):
+    """Build Weir and the ceiling, install wrk and, when they run, the Python peers."""
     if shutil.which("wrk") is None:
         if os.geteuid() != 0:
             sys.exit("needs wrk: apt-get install wrk")
         run("apt-get", "install", "-y", "-q", "wrk")
     run("cargo", "build", "--release", "-q", "-p", "weir", "-p", "weir-ceiling", cwd=ROOT)
     python = VENV / "bin" / "python"
+    if not python_peers:
+        return python
     if not python.exists():
         run(sys.executable, "-m", "venv", VENV)
     run(python, "-m", "pip", "install", "-q", *PEER_PACKAGES)
@@ -173,7 +180,7 @@ def measure(group, started, seconds, script, rounds):
             for c in CONCURRENCY for r in range(rounds) for server in started]
 
 
-def servers(python, work):
+def servers(python, work, baseline):
     """(name, factory) for every server, in the order they run."""
     weir = ROOT / "target" / "release" / "weir"
     iris = ROOT / "examples" / "iris" / "pipeline.toml"
@@ -186,19 +193,29 @@ def servers(python, work):
     batched.write_text(iris.read_text().replace('name = "iris"', 'name = "iris-batched"')
                        + "\n[batching]\nmax_batch_size = 64\n")
     model = work / "iris.joblib"
-    run(python, ROOT / "bench" / "peers" / "iris_model.py", model)
     mlserver_dir = work / "mlserver"
-    (mlserver_dir / "iris").mkdir(parents=True)
-    shutil.copy(model, mlserver_dir / "iris" / "model.joblib")
-    (mlserver_dir / "settings.json").write_text(json.dumps({
-        "debug": False, "parallel_workers": 0, "host": "127.0.0.1", "http_port": PORT + 10,
-        "grpc_port": PORT + 11, "metrics_port": PORT + 12}))
-    (mlserver_dir / "iris" / "model-settings.json").write_text(json.dumps({
-        "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib"}}))
-    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    triton_env = dict(os.environ, LD_LIBRARY_PATH=f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+
+    def python_peer_files():
+        """The scikit-learn model and MLServer's settings, made once, when a peer needs them."""
+        if model.exists():
+            return
+        run(python, ROOT / "bench" / "peers" / "iris_model.py", model)
+        (mlserver_dir / "iris").mkdir(parents=True)
+        shutil.copy(model, mlserver_dir / "iris" / "model.joblib")
+        (mlserver_dir / "settings.json").write_text(json.dumps({
+            "debug": False, "parallel_workers": 0, "host": "127.0.0.1", "http_port": PORT + 10,
+            "grpc_port": PORT + 11, "metrics_port": PORT + 12}))
+        (mlserver_dir / "iris" / "model-settings.json").write_text(json.dumps({
+            "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib"}}))
+
+    def triton_env():
+        libdir = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        return dict(os.environ,
+                    LD_LIBRARY_PATH=f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+
     log = open(work / "servers.log", "ab")
     quiet = dict(os.environ, RUST_LOG="warn")
     infer = "http://127.0.0.1:{}/v2/models/{}/infer"
@@ -209,6 +226,10 @@ def servers(python, work):
         ("weir", lambda: Server("weir", [weir, "serve", "--listen", f"127.0.0.1:{PORT + 1}",
                                          "--data-dir", work / "weir", iris],
                                 infer.format(PORT + 1, "iris"), env=quiet, log=log)),
+        ("weir-baseline", lambda: Server("weir-baseline",
+                                         [baseline, "serve", "--listen", f"127.0.0.1:{PORT + 4}",
+                                          "--data-dir", work / "weir-baseline", iris],
+                                         infer.format(PORT + 4, "iris"), env=quiet, log=log)),
         ("weir-reused", lambda: Server("weir-reused",
                                        [weir, "serve", "--listen", f"127.0.0.1:{PORT + 2}",
                                         "--data-dir", work / "weir-reused", reused],
@@ -218,11 +239,12 @@ def servers(python, work):
                                          "--data-dir", work / "weir-batched", batched],
                                         infer.format(PORT + 3, "iris-batched"), env=quiet,
                                         log=log)),
-        ("mlserver", lambda: Server("mlserver", [VENV / "bin" / "mlserver", "start", mlserver_dir],
-                                    infer.format(PORT + 10, "iris"), log=log)),
-        ("triton", lambda: Server("triton", [python, ROOT / "bench" / "peers" / "pytriton_iris.py",
-                                             model, PORT + 20],
-                                  infer.format(PORT + 20, "iris"), env=triton_env, log=log)),
+        ("mlserver", lambda: python_peer_files() or Server(
+            "mlserver", [VENV / "bin" / "mlserver", "start", mlserver_dir],
+            infer.format(PORT + 10, "iris"), log=log)),
+        ("triton", lambda: python_peer_files() or Server(
+            "triton", [python, ROOT / "bench" / "peers" / "pytriton_iris.py", model, PORT + 20],
+            infer.format(PORT + 20, "iris"), env=triton_env(), log=log)),
     ], [reused, batched]
 
 
@@ -265,12 +287,13 @@ def report(runs):
               f"{r['p99']:.3f} | {r['cores']:.2f} | {r['rss']:.0f} |")
     print("\n| ratio (throughput) | " + " | ".join(f"c={c}" for c in CONCURRENCY) + " |")
     print("|---|" + "---|" * len(CONCURRENCY))
-    for weir in ("weir", "weir-reused", "weir-batched"):
-        for peer in ("mlserver", "triton", "ceiling"):
-            cells = [ratio(runs, weir, peer, c) for c in CONCURRENCY]
-            if any(cells):
-                print(f"| {weir} / {peer} | "
-                      + " | ".join(f"{x:.2f}x" if x else "-" for x in cells) + " |")
+    pairs = [(weir, peer) for weir in ("weir", "weir-reused", "weir-batched")
+             for peer in ("mlserver", "triton", "ceiling")] + [("weir", "weir-baseline")]
+    for weir, peer in pairs:
+        cells = [ratio(runs, weir, peer, c) for c in CONCURRENCY]
+        if any(cells):
+            print(f"| {weir} / {peer} | "
+                  + " | ".join(f"{x:.2f}x" if x else "-" for x in cells) + " |")
 
 
 def main():
@@ -279,10 +302,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds for the servers run side by side (Weir and the ceiling)")
     parser.add_argument("--only", help="comma-separated servers to run (default: all)")
+    parser.add_argument("--baseline", type=Path,
+                        help="another weir binary to run beside this build as weir-baseline")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the servers started below are stopped either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    python = setup()
+    only = set(args.only.split(",")) if args.only else None
+    python = setup(python_peers=not only or bool(only & set(PYTHON_PEERS)))
     print(f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, wrk -t1, {args.seconds} s per run, "
           f"{args.rounds} rounds side by side for {', '.join(SIDE_BY_SIDE)}")
     with tempfile.TemporaryDirectory(prefix="weir-peers-") as tmp:
@@ -290,9 +316,9 @@ def main():
         script = work / "post.lua"
         script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                           f"wrk.body = '{REQUEST}'\n")
-        chosen, variants = servers(python, work)
-        only = set(args.only.split(",")) if args.only else None
-        chosen = [(name, start) for name, start in chosen if not only or name in only]
+        chosen, variants = servers(python, work, args.baseline)
+        chosen = [(name, start) for name, start in chosen
+                  if (not only or name in only) and (name != "weir-baseline" or args.baseline)]
         groups = [[c for c in chosen if c[0] in SIDE_BY_SIDE]]
         groups += [[c] for c in chosen if c[0] not in SIDE_BY_SIDE]
         runs = []

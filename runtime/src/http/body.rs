@@ -30,27 +30,31 @@ impl Limit {
     }
 }
 
-/// Refuse a body whose `Content-Length` is over `limit`, before reading any of it.
-pub fn check_declared(headers: &HeaderMap, limit: &Limit) -> Result<(), Error> {
+/// The body's declared `Content-Length`, if any; a 413 when it is over `limit`, before any of
+/// the body is read.
+pub fn declared_length(headers: &HeaderMap, limit: &Limit) -> Result<Option<usize>, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(length) if length > limit.bytes as u64 => Err(limit.refusal(length)),
-        _ => Ok(()),
+        other => Ok(other.map(|length| length as usize)),
     }
 }
 
-/// Read `body` whole, at most `limit` bytes, within `timeout` (408 past it), reserving what
-/// the buffer holds from `reservation` as it grows (503 when the budget is spent).
+/// Read `body` whole, at most `limit` bytes (and no more than `declared`, its
+/// `Content-Length`), within `timeout` (408 past it), reserving what the buffer holds from
+/// `reservation` as it grows (503 when the budget is spent).
 pub async fn read(
     body: Body,
+    declared: Option<usize>,
     limit: &Limit,
     timeout: Duration,
     reservation: &mut BodyReservation<'_>,
 ) -> Result<Bytes, Error> {
-    let reading = collect(body, limit, reservation);
+    let most = declared.unwrap_or(limit.bytes).min(limit.bytes);
+    let reading = collect(body, most, limit, reservation);
     match tokio::time::timeout(timeout, reading).await {
         Ok(result) => result,
         Err(_) => Err(Error::RequestTimeout(format!(
@@ -60,8 +64,12 @@ pub async fn read(
     }
 }
 
+/// The body's bytes, in a buffer that at least doubles as it grows but never past `most`
+/// (what the body declared, or the limit): a stalled upload holds at most twice what it sent,
+/// and a body of a declared length no more than that length.
 async fn collect(
     mut body: Body,
+    most: usize,
     limit: &Limit,
     reservation: &mut BodyReservation<'_>,
 ) -> Result<Bytes, Error> {
@@ -77,8 +85,8 @@ async fn collect(
             return Err(limit.refusal(format!("over {size}")));
         }
         if size > buffer.capacity() {
-            // What the buffer will hold after growing (it at least doubles), reserved first.
-            let capacity = size.max(2 * buffer.capacity()).min(limit.bytes);
+            // What the buffer will hold after growing, reserved first.
+            let capacity = size.max((2 * buffer.capacity()).min(most));
             reservation.grow_to(capacity as u64)?;
             buffer.reserve(capacity - buffer.len());
         }

@@ -220,10 +220,10 @@ async fn admit_and_infer(
     trace: &mut Trace,
 ) -> Result<(Bytes, protocol::Response), Error> {
     let limit = body_limit(app, pipeline);
-    body::check_declared(request.headers(), &limit)?;
+    let declared = body::declared_length(request.headers(), &limit)?;
     let ticket = app.admission.admit(&pipeline.name)?;
     let timeout = app.limits.body_timeout;
-    let body = body::read(request.into_body(), &limit, timeout, reservation).await?;
+    let body = body::read(request.into_body(), declared, &limit, timeout, reservation).await?;
     // Stages run right here on the async worker, as many at once as admission allows (a
     // batching pipeline's, in its batch runner's task); a stage that computes for long yields
     // at every epoch tick, so it does not hold the worker.
