@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Overload and soak on a release build, loopback only:
 #  1. capacity: iris at c=8 with the default admission bounds;
-#  2. overload: --max-concurrency 2 --max-queue 8 driven at c=64 (far beyond capacity):
-#     share answered 503 at once, latency of the admitted, RSS before and after;
+#  2. overload: --max-concurrency 2 --max-queue 8 driven at c=64 (far beyond capacity), the one
+#     pipeline given the whole server (per-pipeline bounds equal to the server's): share
+#     answered 503 at once, latency of the admitted, RSS before and after;
 #  3. soak: SOAK_SECS (default 180) at c=8, RSS sampled every 10 s after a 30 s warm-up.
 # Usage: bench/overload.sh   (needs wrk: apt-get install wrk).
 set -euo pipefail
@@ -31,7 +32,7 @@ load() { wrk -t2 -c"$1" -d"$2" --latency -s "$work/post.lua" "$url" | grep -E "R
 echo "== 1. default bounds, c=8"; serve; load 8 10s; kill $pid; wait $pid 2>/dev/null || true
 
 echo "== 2. overload: --max-concurrency 2 --max-queue 8, c=64"
-serve --max-concurrency 2 --max-queue 8
+serve --max-concurrency 2 --max-queue 8 --max-concurrency-per-pipeline 2 --max-queue-per-pipeline 8
 echo "RSS before: $(rss)"; load 64 20s; echo "RSS after: $(rss)"
 kill $pid; wait $pid 2>/dev/null || true
 
