@@ -134,6 +134,52 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// The elements of a BYTES tensor as strings; an error naming the first that is not
+    /// UTF-8 or is cut short.
+    pub fn strings(&self) -> Result<Vec<String>, String> {
+        bytes_elements(&self.data)
+            .enumerate()
+            .map(|(index, item)| {
+                let item = item.map_err(|e| format!("tensor '{}': {e}", self.name))?;
+                String::from_utf8(item.to_vec())
+                    .map_err(|_| format!("tensor '{}': element {index} is not UTF-8", self.name))
+            })
+            .collect()
+    }
+}
+
+/// BYTES data holding `items`: each a 4-byte little-endian length, then its bytes.
+pub fn bytes_data<S: AsRef<[u8]>>(items: impl Iterator<Item = S>) -> Vec<u8> {
+    let mut data = Vec::new();
+    for item in items {
+        let item = item.as_ref();
+        data.extend((item.len() as u32).to_le_bytes());
+        data.extend(item);
+    }
+    data
+}
+
+/// The elements of BYTES data (a 4-byte little-endian length, then the bytes, repeated).
+pub fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        let Some((len, rest)) = data.split_first_chunk::<4>() else {
+            data = &[];
+            return Some(Err("truncated BYTES element length"));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some((item, rest)) = rest.split_at_checked(len) else {
+            data = &[];
+            return Some(Err("truncated BYTES element"));
+        };
+        data = rest;
+        Some(Ok(item))
+    })
+}
+
 /// Named tensors plus the request's parameters, as strings: what flows through a pipeline.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {

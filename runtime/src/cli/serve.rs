@@ -13,6 +13,7 @@ use crate::http::auth::{self, TokenSource};
 use crate::http::connections::{self, ConnectionLimits};
 use crate::http::metrics::Metrics;
 use crate::http::{self, App, AppState, RequestLimits};
+use crate::nn::OnnxRuntime;
 use crate::pipeline::Registry;
 use crate::pipeline::manifest::Manifest;
 use crate::stages::log::PayloadLog;
@@ -134,6 +135,23 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub payload_log_max_mib: u64,
 
+    /// The ONNX Runtime shared library (libonnxruntime.so) for model stages' ONNX graphs.
+    /// Without it, the one in the onnxruntime Python package that python3 imports (the active
+    /// environment's), else one in the usual library directories; without any, models run on
+    /// tract alone. Weir never downloads it: `pip install onnxruntime` is one way to get it.
+    #[arg(long, value_name = "PATH", env = "WEIR_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
+
+    /// Run every model on tract, even where ONNX Runtime is installed.
+    #[arg(long, conflicts_with = "onnxruntime_lib")]
+    pub no_onnxruntime: bool,
+
+    /// Intra-op threads of each ONNX Runtime session (one session per model artifact; a
+    /// session runs one batch at a time). Default: the number of cores.
+    #[arg(long, value_name = "N", env = "WEIR_ONNXRUNTIME_THREADS",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub onnxruntime_threads: Option<u32>,
+
     /// Pipeline manifests (pipeline.toml) to deploy, e.g. examples/iris/pipeline.toml. A
     /// manifest is deployed only when it resolves to something else (its file, or a file it
     /// names, changed) than the last time it was deployed from here; otherwise the version the
@@ -147,7 +165,10 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = Arc::new(Store::open(&args.data_dir)?);
-    let engine = Engine::new(Some(args.data_dir.join("compiled")))?;
+    let mut engine = Engine::new(Some(args.data_dir.join("compiled")))?;
+    if let Some(runtime) = onnxruntime(&args)? {
+        engine = engine.with_onnxruntime(runtime);
+    }
     let registry = Arc::new(Registry::open(engine, store)?);
     for path in &args.manifests {
         let manifest = Manifest::load(path)?;
@@ -238,6 +259,40 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// ONNX Runtime, when the flags allow it and the machine has it; the log says which and why.
+/// A library named on the command line must load; one found on the machine may fail to (an
+/// old version, say), and then models run on tract.
+fn onnxruntime(args: &ServeArgs) -> anyhow::Result<Option<Arc<OnnxRuntime>>> {
+    if args.no_onnxruntime {
+        tracing::info!("ONNX Runtime off (--no-onnxruntime): models run on tract");
+        return Ok(None);
+    }
+    let Some((library, how)) = OnnxRuntime::find(args.onnxruntime_lib.as_deref()) else {
+        tracing::info!(
+            "ONNX Runtime not found (no --onnxruntime-lib, no onnxruntime Python package, \
+             no libonnxruntime.so in the library directories): models run on tract"
+        );
+        return Ok(None);
+    };
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = args.onnxruntime_threads.map_or(cores, |n| n as usize);
+    match OnnxRuntime::load(&library, threads) {
+        Ok(runtime) => {
+            tracing::info!(
+                library = %library.display(),
+                threads,
+                "ONNX Runtime {how}: models run on it unless their manifest says backend = \"tract\""
+            );
+            Ok(Some(runtime))
+        }
+        Err(e) if args.onnxruntime_lib.is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(library = %library.display(), "ONNX Runtime {how} did not load ({e:#}): models run on tract");
+            Ok(None)
+        }
+    }
 }
 
 /// The admission bounds the flags set, with their defaults: twice the cores running, each

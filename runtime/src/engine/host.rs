@@ -19,18 +19,25 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "model",
-        imports: { default: trappable },
+        // Native inference runs off the async workers (see `crate::nn`): its host calls are
+        // async, the guest waits in them.
+        imports: {
+            default: trappable,
+            "weir:pipeline/graphs.compute": async | trappable,
+            "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+        },
         exports: { default: async },
         with: {
-            "wasi:nn/graph.graph": crate::nn::Graph,
+            "wasi:nn/graph.graph": crate::nn::WasiGraph,
             "wasi:nn/tensor.tensor": crate::nn::WasiTensor,
-            "wasi:nn/inference.graph-execution-context": crate::nn::ExecutionContext,
+            "wasi:nn/inference.graph-execution-context": crate::nn::WasiExecutionContext,
             "wasi:nn/errors.error": crate::nn::NnError,
         },
     });
 }
 
 pub use bindings::wasi::nn as wasi_nn;
+pub use bindings::weir::pipeline::graphs;
 pub use bindings::weir::pipeline::types as wit;
 use bindings::weir::pipeline::{artifacts, log};
 pub use bindings::{Model, ModelPre};
@@ -137,11 +144,13 @@ impl HostState {
             .map_or_else(String::new, |wasi| wasi.stderr.tail())
     }
 
-    /// What this instance's `wasi:nn` imports reach.
+    /// What this instance's model imports reach; native runs end by the call's deadline.
     fn nn_view(&mut self) -> nn::NnView<'_> {
+        let left = super::EPOCH_TICK * u32::try_from(self.ticks_left).unwrap_or(u32::MAX);
         nn::NnView {
             table: &mut self.table,
             graphs: &self.stage.graphs,
+            deadline: std::time::Instant::now() + left,
         }
     }
 
@@ -423,19 +432,32 @@ impl From<wit::Datatype> for tensor::Datatype {
     }
 }
 
+impl From<tensor::Tensor> for wit::Tensor {
+    fn from(t: tensor::Tensor) -> Self {
+        wit::Tensor {
+            name: t.name,
+            datatype: t.datatype.into(),
+            shape: t.shape,
+            data: t.data,
+        }
+    }
+}
+
+impl From<wit::Tensor> for tensor::Tensor {
+    fn from(t: wit::Tensor) -> Self {
+        tensor::Tensor {
+            name: t.name,
+            datatype: t.datatype.into(),
+            shape: t.shape,
+            data: t.data,
+        }
+    }
+}
+
 impl From<tensor::Batch> for wit::Batch {
     fn from(b: tensor::Batch) -> Self {
         wit::Batch {
-            tensors: b
-                .tensors
-                .into_iter()
-                .map(|t| wit::Tensor {
-                    name: t.name,
-                    datatype: t.datatype.into(),
-                    shape: t.shape,
-                    data: t.data,
-                })
-                .collect(),
+            tensors: b.tensors.into_iter().map(Into::into).collect(),
             parameters: b.parameters,
         }
     }
@@ -444,16 +466,7 @@ impl From<tensor::Batch> for wit::Batch {
 impl From<wit::Batch> for tensor::Batch {
     fn from(b: wit::Batch) -> Self {
         tensor::Batch {
-            tensors: b
-                .tensors
-                .into_iter()
-                .map(|t| tensor::Tensor {
-                    name: t.name,
-                    datatype: t.datatype.into(),
-                    shape: t.shape,
-                    data: t.data,
-                })
-                .collect(),
+            tensors: b.tensors.into_iter().map(Into::into).collect(),
             parameters: b.parameters,
         }
     }

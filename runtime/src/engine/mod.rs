@@ -115,8 +115,14 @@ impl Engine {
             wasmtime,
             cache,
             loaded: Arc::default(),
-            graphs: GraphCache::default(),
+            graphs: GraphCache::new(None),
         })
+    }
+
+    /// This engine with ONNX Runtime beside tract for model stages' graphs.
+    pub fn with_onnxruntime(mut self, runtime: Arc<crate::nn::OnnxRuntime>) -> Engine {
+        self.graphs = GraphCache::new(Some(runtime));
+        self
     }
 
     /// The wasmtime engine, for stores and linkers.

@@ -88,7 +88,14 @@ async fn model_metadata(
     let stages: Vec<Value> = pipeline
         .stages()
         .iter()
-        .map(|s| json!({ "stage": s.kind().name(), "component": s.component(), "digest": s.digest() }))
+        .map(|s| {
+            let mut stage = json!({ "stage": s.kind().name(), "component": s.component(), "digest": s.digest() });
+            let backends = s.graph_backends();
+            if !backends.is_empty() {
+                stage["graphs"] = json!(backends);
+            }
+            stage
+        })
         .collect();
     Ok(Json(json!({
         "name": pipeline.name,

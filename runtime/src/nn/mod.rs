@@ -1,75 +1,251 @@
-//! The host side of `wasi:nn` for model stages: heavy inference runs natively here, on graphs
-//! loaded and optimized once per artifact version, instead of inside the Wasm sandbox.
+//! Models run natively on the host for model stages, instead of inside the Wasm sandbox: the
+//! ONNX artifacts a stage pins are loaded once per artifact version, on one of two backends —
+//! tract-onnx (pure Rust, always there) or ONNX Runtime (loaded at start from a library the
+//! machine has; see [`onnxruntime`]) — and run whole batches at once.
 //!
-//! Own bindings of the standard WIT rather than the `wasmtime-wasi-nn` crate: that crate
-//! reports every failure of `compute` as `runtime-error`, so a guest could not tell a client's
-//! wrong shape (HTTP 400) from a backend fault (HTTP 500); here a tensor the graph does not
-//! accept is `invalid-argument`, with a message naming the tensor.
+//! Stages reach them two ways, on the same loaded graphs: the standard `wasi:nn` interfaces
+//! ([`wasi`]; numeric tensors only, as `wasi:nn` defines them) and Weir's own
+//! `weir:pipeline/graphs` ([`host`]), whose tensors are the pipeline's, so every V2 datatype
+//! crosses, strings included. `weir-sdk`'s `nn::compute` uses the latter.
+//!
+//! A run never blocks the async workers: it goes to the blocking pool, at most one per core at
+//! once, and the stage's deadline bounds the wait (ONNX Runtime is told to stop; tract's run
+//! finishes on its thread, holding its place, while the request gets its 504).
 
-mod onnx;
+mod host;
+pub mod onnxruntime;
+mod tract;
+mod wasi;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
-use anyhow::Context;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
-use crate::engine::host::wasi_nn::{errors, graph, inference, tensor};
-pub use errors::ErrorCode;
-pub use onnx::OnnxGraph;
-pub use tensor::TensorType;
+use crate::tensor::{Datatype, Tensor};
+pub use host::{NnView, add_to_linker};
+pub use onnxruntime::OnnxRuntime;
+pub use wasi::{ErrorCode, NnError, TensorType, WasiExecutionContext, WasiGraph, WasiTensor};
 
-/// A graph handed to a guest by `load-by-name`.
-pub struct Graph(Arc<OnnxGraph>);
-
-/// One guest's execution context on a graph: per-request state is all in `compute`, so it is
-/// only a handle on the shared graph.
-pub struct ExecutionContext(Arc<OnnxGraph>);
-
-/// A `wasi:nn` tensor: dimensions, element type and little-endian bytes.
-#[derive(Debug)]
-pub struct WasiTensor {
-    pub dimensions: Vec<u32>,
-    pub ty: TensorType,
-    pub data: Vec<u8>,
+/// Which backend runs a model stage's graphs: the manifest's `backend`, pinned in the version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// ONNX Runtime when it is loaded and takes the model, else tract.
+    #[default]
+    Auto,
+    Tract,
+    Onnxruntime,
 }
 
-/// A `wasi:nn` error: its code and a message that names the cause.
-#[derive(Debug)]
-pub struct NnError {
-    code: ErrorCode,
-    message: String,
-}
-
-impl NnError {
-    /// The caller's fault: a tensor the graph does not accept.
-    fn invalid(message: String) -> NnError {
-        NnError {
-            code: ErrorCode::InvalidArgument,
-            message,
-        }
-    }
-
-    /// The backend's fault.
-    fn runtime(message: String) -> NnError {
-        NnError {
-            code: ErrorCode::RuntimeError,
-            message,
-        }
+impl BackendChoice {
+    /// Whether this is the default (left out of stored specs, so older ones read the same).
+    pub fn is_auto(&self) -> bool {
+        *self == BackendChoice::Auto
     }
 }
 
-/// The ONNX graphs of one model stage, by the name the manifest gives their artifacts.
+/// A loaded model, ready to run on the backend that loaded it.
+pub struct Graph {
+    backend: Backend,
+    inputs: Vec<Port>,
+    outputs: Vec<String>,
+    /// Places for native runs, shared by every graph of the engine.
+    runs: Arc<Semaphore>,
+}
+
+enum Backend {
+    Tract(tract::Plan),
+    OnnxRuntime(onnxruntime::Model),
+}
+
+/// One input of a graph: its name, element type (`None`: one no V2 datatype carries) and
+/// shape (`None`: any size).
+struct Port {
+    name: String,
+    datatype: Option<Datatype>,
+    type_name: String,
+    shape: Vec<Option<usize>>,
+}
+
+/// Why a run gave no outputs.
+#[derive(Debug)]
+pub enum RunError {
+    /// The backend refused the inputs or failed.
+    Nn(NnError),
+    /// The stage's deadline passed first.
+    Deadline,
+}
+
+/// The error a stage traps with when its native run passes its deadline; the host answers 504.
+#[derive(Debug, thiserror::Error)]
+#[error("its model ran past the stage's deadline")]
+pub struct PastDeadline;
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inputs: Vec<&str> = self.inputs.iter().map(|p| p.name.as_str()).collect();
+        f.debug_struct("Graph")
+            .field("backend", &self.backend_name())
+            .field("inputs", &inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+impl Graph {
+    /// `tract` or `onnxruntime`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Tract(_) => "tract",
+            Backend::OnnxRuntime(_) => "onnxruntime",
+        }
+    }
+
+    /// Run one execution, off the async workers, bounded by `deadline`. `inputs` are matched
+    /// to the graph's inputs by name, or by position when their names are not the graph's;
+    /// every graph output comes back, named.
+    pub async fn run(
+        self: &Arc<Self>,
+        inputs: Vec<Tensor>,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, RunError> {
+        let inputs = self.prepare(inputs).map_err(RunError::Nn)?;
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let place = tokio::time::timeout_at(deadline, self.runs.clone().acquire_owned())
+            .await
+            .map_err(|_| RunError::Deadline)?
+            .expect("the semaphore is never closed");
+        let stop = match &self.backend {
+            Backend::OnnxRuntime(model) => Some(model.run_options().map_err(RunError::Nn)?),
+            Backend::Tract(_) => None,
+        };
+        let graph = self.clone();
+        let options = stop.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            graph.execute(inputs, options.as_deref())
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(outputs)) => outputs.map_err(RunError::Nn),
+            Ok(Err(panic)) => Err(RunError::Nn(NnError::runtime(format!(
+                "the {} backend panicked: {panic}",
+                self.backend_name()
+            )))),
+            Err(_) => {
+                if let Some(options) = stop {
+                    // The run ends at its next operator; its place is held until then.
+                    let _ = options.terminate();
+                }
+                Err(RunError::Deadline)
+            }
+        }
+    }
+
+    /// Run on this thread: the blocking part of [`Graph::run`].
+    fn execute(
+        &self,
+        inputs: Vec<Tensor>,
+        options: Option<&ort::session::RunOptions>,
+    ) -> Result<Vec<Tensor>, NnError> {
+        let outputs = match (&self.backend, options) {
+            (Backend::Tract(plan), _) => plan.run(inputs)?,
+            (Backend::OnnxRuntime(model), Some(options)) => model.run(inputs, options)?,
+            (Backend::OnnxRuntime(_), None) => unreachable!("ONNX Runtime runs with options"),
+        };
+        Ok(self
+            .outputs
+            .iter()
+            .cloned()
+            .zip(outputs)
+            .map(rename)
+            .collect())
+    }
+
+    /// The request's tensors in the graph's input order, each checked against its input.
+    fn prepare(&self, mut inputs: Vec<Tensor>) -> Result<Vec<Tensor>, NnError> {
+        let by_name = self
+            .inputs
+            .iter()
+            .all(|port| inputs.iter().any(|t| t.name == port.name));
+        let ordered: Vec<Tensor> = if by_name {
+            self.inputs
+                .iter()
+                .map(|port| {
+                    let at = inputs.iter().position(|t| t.name == port.name);
+                    inputs.swap_remove(at.expect("checked above"))
+                })
+                .collect()
+        } else if inputs.len() == self.inputs.len() {
+            inputs
+        } else {
+            let expected: Vec<&str> = self.inputs.iter().map(|p| p.name.as_str()).collect();
+            let given: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
+            return Err(NnError::invalid(format!(
+                "the ONNX graph takes the inputs [{}]; got [{}]",
+                expected.join(", "),
+                given.join(", ")
+            )));
+        };
+        for (tensor, port) in ordered.iter().zip(&self.inputs) {
+            port.accept(tensor)?;
+        }
+        Ok(ordered)
+    }
+}
+
+/// A backend's output tensor under the graph's name for it.
+fn rename((name, mut tensor): (String, Tensor)) -> Tensor {
+    tensor.name = name;
+    tensor
+}
+
+impl Port {
+    /// Refuse `tensor` for this input, naming both, when its datatype or shape does not fit.
+    fn accept(&self, tensor: &Tensor) -> Result<(), NnError> {
+        let fits = tensor.shape.len() == self.shape.len()
+            && (tensor.shape.iter().zip(&self.shape))
+                .all(|(&given, expected)| expected.is_none_or(|e| e as u64 == given));
+        if self.datatype == Some(tensor.datatype) && fits {
+            return Ok(());
+        }
+        Err(NnError::invalid(format!(
+            "tensor '{}' is {} {:?}; the ONNX graph's input '{}' takes {} {}",
+            tensor.name,
+            tensor.datatype,
+            tensor.shape,
+            self.name,
+            self.type_name,
+            self.describe_shape()
+        )))
+    }
+
+    /// `[N, 64]`: an open first dimension as `N`, other open ones as `?`.
+    fn describe_shape(&self) -> String {
+        let dims: Vec<String> = (self.shape.iter().enumerate())
+            .map(|(axis, d)| match (axis, d) {
+                (_, Some(d)) => d.to_string(),
+                (0, None) => "N".to_owned(),
+                (_, None) => "?".to_owned(),
+            })
+            .collect();
+        format!("[{}]", dims.join(", "))
+    }
+}
+
+/// The graphs of one model stage, by the name the manifest gives their artifacts.
 #[derive(Debug, Default)]
 pub struct Graphs {
-    onnx: BTreeMap<String, Arc<OnnxGraph>>,
-    /// The stage's artifacts that are not ONNX, so `load-by-name` can say why it found none.
+    onnx: BTreeMap<String, Arc<Graph>>,
+    /// The stage's artifacts that are not ONNX, so a lookup can say why it found none.
     other: Vec<String>,
 }
 
 impl Graphs {
     /// The graph named `name`, or why there is none.
-    fn get(&self, name: &str) -> Result<Arc<OnnxGraph>, NnError> {
+    fn get(&self, name: &str) -> Result<Arc<Graph>, NnError> {
         if let Some(graph) = self.onnx.get(name) {
             return Ok(graph.clone());
         }
@@ -82,211 +258,334 @@ impl Graphs {
                 names.join(", ")
             )
         };
-        Err(NnError {
-            code: ErrorCode::NotFound,
-            message,
-        })
+        Err(NnError::new(ErrorCode::NotFound, message))
+    }
+
+    /// Each graph's artifact name and backend, for model metadata.
+    pub fn backends(&self) -> BTreeMap<&str, &'static str> {
+        (self.onnx.iter())
+            .map(|(name, graph)| (name.as_str(), graph.backend_name()))
+            .collect()
     }
 }
 
-/// The graphs loaded so far, by artifact digest, shared by every pipeline version that pins
-/// the same artifact; a graph no version uses any more is freed.
-#[derive(Clone, Default)]
+/// An artifact's digest and the backend that loaded it.
+type GraphKey = (String, &'static str);
+
+/// The graphs loaded so far, by artifact digest and backend, shared by every pipeline version
+/// that pins the same artifact; a graph no version uses any more is freed.
+#[derive(Clone)]
 pub struct GraphCache {
-    loaded: Arc<Mutex<HashMap<String, Weak<OnnxGraph>>>>,
+    onnxruntime: Option<Arc<OnnxRuntime>>,
+    loaded: Arc<Mutex<HashMap<GraphKey, Weak<Graph>>>>,
+    runs: Arc<Semaphore>,
 }
 
 impl GraphCache {
-    /// The graphs of a model stage's artifacts (name → digest and bytes). An artifact that is
-    /// ONNX but does not load (an operator the backend lacks, say) fails the stage.
-    pub fn graphs(&self, artifacts: &[(&str, &str, &[u8])]) -> anyhow::Result<Graphs> {
+    /// Graphs on tract, and on ONNX Runtime when it is given; at most one native run per core
+    /// at once.
+    pub fn new(onnxruntime: Option<Arc<OnnxRuntime>>) -> GraphCache {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        GraphCache {
+            onnxruntime,
+            loaded: Arc::default(),
+            runs: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
+    /// Whether ONNX Runtime is loaded.
+    pub fn has_onnxruntime(&self) -> bool {
+        self.onnxruntime.is_some()
+    }
+
+    /// The graphs of a model stage's artifacts (name → digest and bytes), on the backend
+    /// `choice` picks. An artifact that is ONNX but that no allowed backend loads fails the
+    /// stage, naming the backends tried and why each refused.
+    pub fn graphs(
+        &self,
+        artifacts: &[(&str, &str, &[u8])],
+        choice: BackendChoice,
+    ) -> anyhow::Result<Graphs> {
         let mut graphs = Graphs::default();
         for &(name, digest, bytes) in artifacts {
-            match self.graph(digest, bytes) {
-                Ok(Some(graph)) => {
-                    graphs.onnx.insert(name.to_owned(), graph);
-                }
-                Ok(None) => graphs.other.push(name.to_owned()),
-                Err(e) => return Err(e.context(format!("artifact '{name}' (ONNX)"))),
+            if !tract::is_onnx(bytes) {
+                graphs.other.push(name.to_owned());
+                continue;
             }
+            let graph = self
+                .graph(digest, bytes, choice)
+                .map_err(|e| e.context(format!("artifact '{name}' (ONNX)")))?;
+            tracing::info!(
+                artifact = name,
+                digest,
+                backend = graph.backend_name(),
+                choice = ?choice,
+                "model graph ready"
+            );
+            graphs.onnx.insert(name.to_owned(), graph);
         }
         Ok(graphs)
     }
 
-    /// The graph of one artifact: already loaded, or loaded now; `None` if it is not ONNX.
-    fn graph(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<Option<Arc<OnnxGraph>>> {
+    /// The graph of one ONNX artifact on the first backend `choice` allows that loads it.
+    fn graph(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        choice: BackendChoice,
+    ) -> anyhow::Result<Arc<Graph>> {
+        let mut refusals = Vec::new();
+        for backend in self.candidates(choice)? {
+            match self.load(digest, bytes, backend) {
+                Ok(graph) => return Ok(graph),
+                Err(e) => refusals.push(format!("{e:#}")),
+            }
+        }
+        if self.onnxruntime.is_none() && choice == BackendChoice::Auto {
+            refusals.push(
+                "ONNX Runtime is not loaded (weir serve --onnxruntime-lib, or the \
+                 onnxruntime Python package)"
+                    .into(),
+            );
+        }
+        anyhow::bail!("{}", refusals.join("; "))
+    }
+
+    /// The backends `choice` allows, in the order to try them.
+    fn candidates(&self, choice: BackendChoice) -> anyhow::Result<Vec<&'static str>> {
+        Ok(match (choice, &self.onnxruntime) {
+            (BackendChoice::Auto, Some(_)) => vec!["onnxruntime", "tract"],
+            (BackendChoice::Auto, None) | (BackendChoice::Tract, _) => vec!["tract"],
+            (BackendChoice::Onnxruntime, Some(_)) => vec!["onnxruntime"],
+            (BackendChoice::Onnxruntime, None) => anyhow::bail!(
+                "the manifest asks for backend = \"onnxruntime\", and ONNX Runtime is not loaded \
+                 (weir serve --onnxruntime-lib, or the onnxruntime Python package)"
+            ),
+        })
+    }
+
+    /// The graph of one artifact on `backend`: already loaded, or loaded now.
+    fn load(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        backend: &'static str,
+    ) -> anyhow::Result<Arc<Graph>> {
+        let key = (digest.to_owned(), backend);
         if let Some(graph) = self
             .loaded
             .lock()
             .unwrap()
-            .get(digest)
+            .get(&key)
             .and_then(Weak::upgrade)
         {
-            return Ok(Some(graph));
+            return Ok(graph);
         }
-        let Some(proto) = onnx::decode(bytes) else {
-            return Ok(None);
+        let started = Instant::now();
+        let (backend, inputs, outputs) = match (backend, &self.onnxruntime) {
+            ("onnxruntime", Some(runtime)) => {
+                let (model, inputs, outputs) = runtime.load_model(bytes)?;
+                (Backend::OnnxRuntime(model), inputs, outputs)
+            }
+            _ => {
+                let (plan, inputs, outputs) = tract::Plan::load(bytes)?;
+                (Backend::Tract(plan), inputs, outputs)
+            }
         };
-        let started = std::time::Instant::now();
-        let graph = Arc::new(OnnxGraph::load(&proto).context("loading the model")?);
-        tracing::info!(
+        let graph = Arc::new(Graph {
+            backend,
+            inputs,
+            outputs,
+            runs: self.runs.clone(),
+        });
+        tracing::debug!(
             digest,
+            backend = graph.backend_name(),
             load_ms = started.elapsed().as_millis() as u64,
             "loaded ONNX graph"
         );
         let mut loaded = self.loaded.lock().unwrap();
         loaded.retain(|_, graph| graph.strong_count() > 0);
-        loaded.insert(digest.to_owned(), Arc::downgrade(&graph));
-        Ok(Some(graph))
+        loaded.insert(key, Arc::downgrade(&graph));
+        Ok(graph)
     }
 }
 
-/// What the `wasi:nn` imports of one stage instance reach: its resources and its graphs.
-pub struct NnView<'a> {
-    pub table: &'a mut ResourceTable,
-    pub graphs: &'a Graphs,
-}
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use tract_onnx::pb::ModelProto;
 
-struct HasNnView;
+    use super::*;
 
-impl HasData for HasNnView {
-    type Data<'a> = NnView<'a>;
-}
+    const DIGITS: &[u8] = include_bytes!("../../../examples/digits/mlp.onnx");
 
-/// Link the `wasi:nn` interfaces, reached through `view`.
-pub fn add_to_linker<T: 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> NnView<'_>,
-) -> anyhow::Result<()> {
-    graph::add_to_linker::<T, HasNnView>(linker, view)?;
-    tensor::add_to_linker::<T, HasNnView>(linker, view)?;
-    inference::add_to_linker::<T, HasNnView>(linker, view)?;
-    errors::add_to_linker::<T, HasNnView>(linker, view)?;
-    Ok(())
-}
-
-type Fallible<T> = wasmtime::Result<Result<Resource<T>, Resource<NnError>>>;
-
-impl NnView<'_> {
-    /// Hand `outcome` to the guest: the value, or the error, as a resource.
-    fn answer<T: Send + 'static>(&mut self, outcome: Result<T, NnError>) -> Fallible<T> {
-        Ok(match outcome {
-            Ok(value) => Ok(self.table.push(value)?),
-            Err(error) => Err(self.table.push(error)?),
-        })
-    }
-}
-
-impl graph::Host for NnView<'_> {
-    /// Graphs come from the pipeline's pinned artifacts only: a guest cannot make the host
-    /// parse and optimize arbitrary bytes on the request path.
-    fn load(
-        &mut self,
-        _builder: Vec<graph::GraphBuilder>,
-        _encoding: graph::GraphEncoding,
-        _target: graph::ExecutionTarget,
-    ) -> Fallible<Graph> {
-        self.answer(Err(NnError {
-            code: ErrorCode::UnsupportedOperation,
-            message: "Weir loads graphs from the pipeline's artifacts only: use load-by-name \
-                      with the artifact's name"
-                .into(),
-        }))
-    }
-
-    fn load_by_name(&mut self, name: String) -> Fallible<Graph> {
-        let graph = self.graphs.get(&name).map(Graph);
-        self.answer(graph)
-    }
-}
-
-impl graph::HostGraph for NnView<'_> {
-    fn init_execution_context(&mut self, graph: Resource<Graph>) -> Fallible<ExecutionContext> {
-        let graph = self.table.get(&graph)?.0.clone();
-        self.answer(Ok(ExecutionContext(graph)))
-    }
-
-    fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
-        self.table.delete(graph)?;
-        Ok(())
-    }
-}
-
-impl inference::Host for NnView<'_> {}
-
-impl inference::HostGraphExecutionContext for NnView<'_> {
-    fn compute(
-        &mut self,
-        context: Resource<ExecutionContext>,
-        inputs: Vec<inference::NamedTensor>,
-    ) -> wasmtime::Result<Result<Vec<inference::NamedTensor>, Resource<NnError>>> {
-        let graph = self.table.get(&context)?.0.clone();
-        let inputs = inputs
-            .into_iter()
-            .map(|(name, tensor)| Ok((name, self.table.delete(tensor)?)))
-            .collect::<wasmtime::Result<Vec<_>>>()?;
-        match graph.run(inputs) {
-            Ok(outputs) => Ok(Ok(outputs
-                .into_iter()
-                .map(|(name, tensor)| Ok((name, self.table.push(tensor)?)))
-                .collect::<wasmtime::Result<_>>()?)),
-            Err(error) => Ok(Err(self.table.push(error)?)),
+    /// An FP32 tensor named `name` of `values` in `shape`.
+    fn fp32(name: &str, shape: Vec<u64>, values: impl IntoIterator<Item = f32>) -> Tensor {
+        Tensor {
+            name: name.into(),
+            datatype: Datatype::Fp32,
+            shape,
+            data: values.into_iter().flat_map(f32::to_le_bytes).collect(),
         }
     }
 
-    fn drop(&mut self, context: Resource<ExecutionContext>) -> wasmtime::Result<()> {
-        self.table.delete(context)?;
-        Ok(())
-    }
-}
-
-impl tensor::Host for NnView<'_> {}
-
-impl tensor::HostTensor for NnView<'_> {
-    fn new(
-        &mut self,
-        dimensions: Vec<u32>,
-        ty: TensorType,
-        data: Vec<u8>,
-    ) -> wasmtime::Result<Resource<WasiTensor>> {
-        Ok(self.table.push(WasiTensor {
-            dimensions,
-            ty,
-            data,
-        })?)
+    /// The values of an FP32 tensor.
+    fn floats(tensor: &Tensor) -> Vec<f32> {
+        (tensor.data.chunks_exact(4))
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 
-    fn dimensions(&mut self, tensor: Resource<WasiTensor>) -> wasmtime::Result<Vec<u32>> {
-        Ok(self.table.get(&tensor)?.dimensions.clone())
+    fn pixels(name: &str, rows: u64, columns: u64) -> Tensor {
+        let values = (0..rows * columns).map(|i| (i % 17) as f32 / 16.0);
+        fp32(name, vec![rows, columns], values)
     }
 
-    fn ty(&mut self, tensor: Resource<WasiTensor>) -> wasmtime::Result<TensorType> {
-        Ok(self.table.get(&tensor)?.ty)
+    /// The graph of `bytes` on tract.
+    fn tract(bytes: &[u8]) -> anyhow::Result<Arc<Graph>> {
+        GraphCache::new(None).graph("test", bytes, BackendChoice::Tract)
     }
 
-    fn data(&mut self, tensor: Resource<WasiTensor>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.table.get(&tensor)?.data.clone())
+    /// Run `graph` on `inputs` as a stage would, with a second to spare.
+    fn run(graph: &Arc<Graph>, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RunError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        runtime.block_on(graph.run(inputs, deadline))
     }
 
-    fn drop(&mut self, tensor: Resource<WasiTensor>) -> wasmtime::Result<()> {
-        self.table.delete(tensor)?;
-        Ok(())
-    }
-}
-
-impl errors::Host for NnView<'_> {}
-
-impl errors::HostError for NnView<'_> {
-    fn code(&mut self, error: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
-        Ok(self.table.get(&error)?.code)
+    fn invalid(result: Result<Vec<Tensor>, RunError>) -> String {
+        match result {
+            Err(RunError::Nn(e)) if e.code == ErrorCode::InvalidArgument => e.message,
+            other => panic!("not an invalid argument: {other:?}"),
+        }
     }
 
-    fn data(&mut self, error: Resource<NnError>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&error)?.message.clone())
+    #[test]
+    fn a_batch_of_rows_is_one_execution_with_a_row_per_output() {
+        let outputs = run(&tract(DIGITS).unwrap(), vec![pixels("x", 5, 64)]).unwrap();
+        let names: Vec<&str> = outputs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["label", "probabilities"]);
+        assert_eq!(outputs[0].shape, [5]);
+        assert_eq!(outputs[0].datatype, Datatype::Int64);
+        assert_eq!(outputs[1].shape, [5, 10]);
+        for row in floats(&outputs[1]).chunks_exact(10) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        }
     }
 
-    fn drop(&mut self, error: Resource<NnError>) -> wasmtime::Result<()> {
-        self.table.delete(error)?;
-        Ok(())
+    #[test]
+    fn a_wrong_shape_or_type_is_invalid_argument_naming_the_tensor() {
+        let graph = tract(DIGITS).unwrap();
+        let message = invalid(run(&graph, vec![pixels("pixels", 2, 63)]));
+        assert!(message.contains("tensor 'pixels'"), "{message}");
+        assert!(message.contains("[N, 64]"), "{message}");
+        let mut wide = pixels("pixels", 1, 32);
+        wide.datatype = Datatype::Fp64;
+        let message = invalid(run(&graph, vec![wide]));
+        assert!(message.contains("is FP64"), "{message}");
+        let message = invalid(run(&graph, Vec::new()));
+        assert!(message.contains("takes the inputs [pixels]"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_operator_is_refused_by_name_with_the_backends_tried() {
+        let mut proto = ModelProto::decode(DIGITS).unwrap();
+        let node = &mut proto.graph.as_mut().unwrap().node[3];
+        node.op_type = "FancyActivation".into();
+        node.domain = "com.example".into();
+        let bytes = proto.encode_to_vec();
+        let error = GraphCache::new(None)
+            .graph("x", &bytes, BackendChoice::Auto)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tract-onnx does not support the operator com.example.FancyActivation"),
+            "{error}"
+        );
+        assert!(error.contains("ONNX Runtime is not loaded"), "{error}");
+        let error = GraphCache::new(None)
+            .graph("x", &bytes, BackendChoice::Onnxruntime)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("backend = \"onnxruntime\", and ONNX Runtime is not loaded"),
+            "{error}"
+        );
+    }
+
+    /// `y = relu(x)`, with `x` FP32 of two open dimensions.
+    fn relu_of_two_open_dimensions() -> ModelProto {
+        use tract_onnx::pb::*;
+        let open = tensor_shape_proto::Dimension::default;
+        let value = |name: &str| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: vec![open(), open()],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                version: 17,
+                ..Default::default()
+            }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    name: "relu".into(),
+                    op_type: "Relu".into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn open_dimensions_after_the_first_are_independent_of_the_batch() {
+        let graph = tract(&relu_of_two_open_dimensions().encode_to_vec()).unwrap();
+        let x = fp32("x", vec![2, 3], [-1.0, 2.0, -3.0, 4.0, 5.0, -6.0]);
+        let outputs = run(&graph, vec![x]).unwrap();
+        assert_eq!(outputs[0].shape, [2, 3]);
+        assert_eq!(floats(&outputs[0]), [0.0, 2.0, 0.0, 4.0, 5.0, 0.0]);
+        let wide = run(&graph, vec![pixels("x", 1, 5)]).unwrap();
+        assert_eq!(wide[0].shape, [1, 5]);
+    }
+
+    #[test]
+    fn a_run_that_cannot_start_before_its_deadline_is_past_it() {
+        let graph = tract(DIGITS).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Every place for a native run is taken.
+        let places = graph.runs.available_permits() as u32;
+        let _taken = runtime.block_on(graph.runs.clone().acquire_many_owned(places));
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        let outcome = runtime.block_on(graph.run(vec![pixels("x", 1, 64)], deadline));
+        assert!(matches!(outcome, Err(RunError::Deadline)), "{outcome:?}");
+    }
+
+    #[test]
+    fn json_is_not_onnx() {
+        assert!(!tract::is_onnx(br#"{"coef": [[1.0]], "intercept": [0.0]}"#));
+        assert!(!tract::is_onnx(b""));
+        assert!(tract::is_onnx(DIGITS));
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::batching::Batching;
+use crate::nn::BackendChoice;
 use crate::stages::drift::Thresholds;
 use crate::stages::validate::ColumnSpec;
 use crate::store::check_name;
@@ -165,6 +166,10 @@ pub struct StageSpec {
     /// Model artifacts by the name the component reads them with.
     #[serde(default)]
     pub artifacts: BTreeMap<String, ArtifactSource>,
+    /// Which backend runs the model stage's ONNX artifacts: `auto` (ONNX Runtime when it is
+    /// loaded and takes the model, else tract), `tract` or `onnxruntime`.
+    #[serde(default, skip_serializing_if = "BackendChoice::is_auto")]
+    pub backend: BackendChoice,
     /// Opt-in speed for stages you trust to keep no state: serve requests from warm instances
     /// instead of a fresh one each, saving the instantiation (several µs per stage). What a
     /// call leaves in the instance's memory (statics, caches) is then visible to later
@@ -348,6 +353,14 @@ impl Manifest {
         {
             for key in stage.artifacts.keys() {
                 check_name("artifact name", key)?;
+            }
+        }
+        for (slot, stage) in [
+            ("preprocess", &self.preprocess),
+            ("postprocess", &self.postprocess),
+        ] {
+            if stage.as_ref().is_some_and(|s| !s.backend.is_auto()) {
+                bail!("[{slot}] backend: only the model stage runs ONNX graphs");
             }
         }
         self.limits.check()?;

@@ -13,6 +13,7 @@ use super::batching::Batching;
 use super::manifest::{ArtifactSource, Limits, Manifest, TensorSpec, split_reference};
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
+use crate::nn::BackendChoice;
 use crate::stages::drift::MonitorConfig;
 use crate::stages::profile::Profile;
 use crate::store::{Kind, Object, Store, StoreError};
@@ -53,6 +54,9 @@ pub struct PinnedStage {
     /// Opt-in: warm instances serve request after request (see the manifest's field).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reuse_instances: bool,
+    /// The backend of a model stage's graphs (see the manifest's field).
+    #[serde(default, skip_serializing_if = "BackendChoice::is_auto")]
+    pub backend: BackendChoice,
 }
 
 /// An exact stored object: `name@version` and its digest.
@@ -155,6 +159,7 @@ pub fn resolve(
                     .unwrap_or_default(),
                 artifacts,
                 reuse_instances: stage.reuse_instances,
+                backend: stage.backend,
             })
         })()
         .with_context(|| format!("stage '{}'", kind.name()))?;

@@ -71,7 +71,7 @@ impl Stage {
                     .iter()
                     .map(|(name, pin)| (name.as_str(), pin.digest.as_str(), &*artifacts[name]))
                     .collect();
-                engine.graphs().graphs(&named)?
+                engine.graphs().graphs(&named, pinned.backend)?
             }
             _ => Default::default(),
         };
@@ -134,6 +134,11 @@ impl Stage {
     /// The sha256 digest of the component's bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The backend each of the stage's ONNX artifacts runs on, by artifact name.
+    pub fn graph_backends(&self) -> std::collections::BTreeMap<&str, &'static str> {
+        self.identity.graphs.backends()
     }
 
     /// Run the stage on `batch` in a fresh instance, made in `request`'s store and dropped
@@ -243,7 +248,8 @@ impl Stage {
 
     /// Classify a trap: deadline (504), memory cap or anything else (500).
     fn trap_error(&self, error: wasmtime::Error, state: &HostState) -> Error {
-        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        let interrupted = error.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
+        if interrupted || error.downcast_ref::<crate::nn::PastDeadline>().is_some() {
             return Error::StageTimeout(format!(
                 "{} exceeded its deadline of {} ms",
                 self.describe(),

@@ -4,7 +4,7 @@
 //! `tritonclient` sends and asks for tensors this way unless told `binary_data=False`.
 
 use crate::error::Error;
-use crate::tensor::Datatype;
+use crate::tensor::{Datatype, bytes_elements};
 
 /// Split a body into its JSON part and its binary part (empty without the header).
 pub fn split<'a>(
@@ -71,24 +71,4 @@ pub fn take_input(
         }
     }
     Ok(data.to_vec())
-}
-
-/// The elements of BYTES data (a 4-byte little-endian length, then the bytes, repeated).
-pub fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
-    std::iter::from_fn(move || {
-        if data.is_empty() {
-            return None;
-        }
-        let Some((len, rest)) = data.split_first_chunk::<4>() else {
-            data = &[];
-            return Some(Err("truncated BYTES element length"));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        let Some((item, rest)) = rest.split_at_checked(len) else {
-            data = &[];
-            return Some(Err("truncated BYTES element"));
-        };
-        data = rest;
-        Some(Ok(item))
-    })
 }

@@ -6,8 +6,7 @@ use serde::ser::{Error as _, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use super::binary::bytes_elements;
-use crate::tensor::{Datatype, Tensor};
+use crate::tensor::{Datatype, Tensor, bytes_elements};
 
 /// Decode a JSON `data` array holding `count` elements of `datatype` in `shape`, straight from
 /// its text into little-endian bytes: no tree of JSON values is built on the way.

@@ -6,8 +6,6 @@
 mod binary;
 mod json;
 
-pub use binary::bytes_elements;
-
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};

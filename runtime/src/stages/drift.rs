@@ -414,7 +414,7 @@ fn values<'a>(source: &Source, widened: &'a [(&'a Tensor, Vec<f64>)]) -> Vec<Val
             .unwrap_or_default(),
         Source::Output { tensor } => tensor_named(tensor)
             .map(|(t, numbers)| match t.datatype {
-                Datatype::Bytes => crate::protocol::bytes_elements(&t.data)
+                Datatype::Bytes => crate::tensor::bytes_elements(&t.data)
                     .filter_map(Result::ok)
                     .map(Value::Text)
                     .collect(),

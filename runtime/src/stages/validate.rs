@@ -149,7 +149,7 @@ fn check_columns(spec: &TensorSpec, tensor: &Tensor, found: &mut Vec<Violation>)
         )
     };
     if tensor.datatype == Datatype::Bytes {
-        let items = crate::protocol::bytes_elements(&tensor.data);
+        let items = crate::tensor::bytes_elements(&tensor.data);
         for (index, item) in items.enumerate() {
             let Ok(item) = item else { break };
             let column = &spec.columns[index % cols];
