@@ -65,6 +65,17 @@ pub fn datatype_name(datatype: Datatype) -> &'static str {
     }
 }
 
+/// Bytes per element of a datatype; `None` for BYTES, whose elements vary in length.
+fn element_size(datatype: Datatype) -> Option<usize> {
+    Some(match datatype {
+        Datatype::Bool | Datatype::Uint8 | Datatype::Int8 => 1,
+        Datatype::Uint16 | Datatype::Int16 | Datatype::Fp16 | Datatype::Bf16 => 2,
+        Datatype::Uint32 | Datatype::Int32 | Datatype::Fp32 => 4,
+        Datatype::Uint64 | Datatype::Int64 | Datatype::Fp64 => 8,
+        Datatype::Bytes => return None,
+    })
+}
+
 /// A named tensor: datatype, shape and row-major little-endian bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -110,23 +121,36 @@ impl Tensor {
         }
     }
 
-    /// A tensor from its parts, which the caller vouches are consistent (the host's outputs).
-    pub(crate) fn from_raw(
-        name: String,
+    /// A tensor from its row-major little-endian bytes (BYTES: each element a 4-byte length,
+    /// then its bytes), as `wasi:nn` and other raw sources give them; a failure when a
+    /// fixed-size datatype's bytes do not fill the shape.
+    pub fn from_le_bytes(
+        name: impl Into<String>,
         datatype: Datatype,
         shape: Vec<u64>,
         data: Vec<u8>,
-    ) -> Self {
-        Tensor {
+    ) -> Result<Self, StageError> {
+        let name = name.into();
+        let elements: u64 = shape.iter().product();
+        if let Some(size) = element_size(datatype)
+            && elements.checked_mul(size as u64) != Some(data.len() as u64)
+        {
+            return Err(StageError::Failure(format!(
+                "tensor '{name}': {} bytes do not make {elements} {} elements",
+                data.len(),
+                datatype_name(datatype)
+            )));
+        }
+        Ok(Tensor {
             name,
             datatype,
             shape,
             data,
-        }
+        })
     }
 
     /// The row-major little-endian bytes, without a copy.
-    pub(crate) fn into_data(self) -> Vec<u8> {
+    pub fn into_data(self) -> Vec<u8> {
         self.data
     }
 

@@ -93,6 +93,26 @@ fn held_out_digits_match_sklearn_in_one_batch_and_row_by_row() {
     }
 }
 
+/// A component written against the standard `wasi:nn` interfaces alone runs the same graph.
+#[test]
+fn a_component_using_wasi_nn_directly_answers_as_sklearn() {
+    let text = std::fs::read_to_string(digits_dir().join("pipeline.toml")).unwrap();
+    let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("wasi_nn_stage.wasm");
+    let text = text.replace(
+        "component = \"onnx-model@0.1.0\"",
+        &format!("component = \"wasi-nn-stage@0.1.0\"\npath = {:?}", wasm.display().to_string()),
+    );
+    let server = TestServer::start(&[Manifest::parse(&text, &digits_dir()).unwrap()]);
+    let expected = fixture();
+    let rows = expected["inputs"].as_array().unwrap();
+    let request = json!({
+        "inputs": [{ "name": "pixels", "shape": [rows.len(), 64], "datatype": "FP32", "data": rows }]
+    });
+    let (status, body) = server.post_json("/v2/models/digits/infer", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_matches_sklearn(&body, &expected, 0, rows.len());
+}
+
 #[test]
 fn the_iris_model_from_onnx_gives_the_same_labels() {
     let manifest = Manifest::load(&repo_root().join("examples/iris/pipeline-onnx.toml")).unwrap();

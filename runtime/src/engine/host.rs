@@ -194,7 +194,7 @@ pub fn start_call(store: &mut Store<HostState>, deadline_ticks: u64) {
 }
 
 /// The imports a component in `kind`'s slot may use: WASI with no capabilities granted, the
-/// `log` interface, and for model stages the `artifacts` and `wasi:nn` interfaces. Anything
+/// `log` interface, and for model stages the `artifacts`, `graphs` and `wasi:nn` interfaces. Anything
 /// else fails the type check when the stage is loaded, with an error naming the import.
 pub fn linker(engine: &wasmtime::Engine, kind: StageKind) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
@@ -235,6 +235,7 @@ const WASI_ALLOWED: &[&str] = &[
 /// The interfaces only the `model` world offers.
 const MODEL_ONLY: &[&str] = &[
     "weir:pipeline/artifacts",
+    "weir:pipeline/graphs",
     "wasi:nn/tensor",
     "wasi:nn/graph",
     "wasi:nn/inference",
