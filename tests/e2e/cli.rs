@@ -205,30 +205,7 @@ impl Drop for Served {
 
 /// A virtualenv with tritonclient[http], made once per target directory.
 fn tritonclient_python() -> std::path::PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-tritonclient");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let ok = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "python3 -m venv failed");
-        let ok = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "tritonclient[http]==2.*",
-                "numpy",
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "pip install tritonclient[http] failed");
-    }
-    python
+    crate::support::python_with("py-tritonclient", &["tritonclient[http]==2.*", "numpy"])
 }
 
 #[test]

@@ -13,3 +13,4 @@ mod onnx;
 mod protocol;
 mod support;
 mod versions;
+mod zoo;

@@ -100,7 +100,10 @@ fn a_component_using_wasi_nn_directly_answers_as_sklearn() {
     let wasm = Path::new(env!("WEIR_TEST_COMPONENTS")).join("wasi_nn_stage.wasm");
     let text = text.replace(
         "component = \"onnx-model@0.1.0\"",
-        &format!("component = \"wasi-nn-stage@0.1.0\"\npath = {:?}", wasm.display().to_string()),
+        &format!(
+            "component = \"wasi-nn-stage@0.1.0\"\npath = {:?}",
+            wasm.display().to_string()
+        ),
     );
     let server = TestServer::start(&[Manifest::parse(&text, &digits_dir()).unwrap()]);
     let expected = fixture();

@@ -2,7 +2,8 @@
 //! compile cache lives in the target directory so components compile once per build.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
 use serde_json::{Value, json};
@@ -36,6 +37,35 @@ pub fn engine() -> &'static Engine {
     })
 }
 
+/// The Python of a virtualenv under the target directory with `packages` installed, made once
+/// per target directory. A marker file records a finished install, so one cut short is done
+/// again; installs run one at a time.
+pub fn python_with(name: &str, packages: &[&str]) -> PathBuf {
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join("weir-installed.txt");
+    let wanted = packages.join(" ");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return python;
+    }
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 runs");
+    assert!(ok.success(), "python3 -m venv {} failed", venv.display());
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(packages)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pip install {wanted} failed");
+    std::fs::write(&marker, &wanted).unwrap();
+    python
+}
+
 /// The iris example's manifest.
 pub fn iris() -> Manifest {
     Manifest::load(&repo_root().join("examples/iris/pipeline.toml")).expect("iris manifest")
@@ -59,9 +89,14 @@ pub fn faulty_with(name: &str, config: &str, extra: &str) -> Manifest {
 
 /// A registry on a fresh store in a temporary directory, with `manifests` deployed.
 pub fn registry(manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
+    registry_on(engine(), manifests)
+}
+
+/// [`registry`] on `engine`.
+pub fn registry_on(engine: &Engine, manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let registry = Arc::new(Registry::open(engine().clone(), store).unwrap());
+    let registry = Arc::new(Registry::open(engine.clone(), store).unwrap());
     for manifest in manifests {
         registry.deploy(manifest).expect("pipeline deploys");
     }
@@ -70,6 +105,7 @@ pub fn registry(manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
 
 /// Server options a test may change.
 pub struct Options {
+    pub engine: &'static Engine,
     pub limits: RequestLimits,
     pub admission: Bounds,
     pub connections: ConnectionLimits,
@@ -79,6 +115,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            engine: engine(),
             limits: RequestLimits::default(),
             admission: Bounds::new(4, 256, 512 << 20),
             connections: ConnectionLimits::default(),
@@ -126,7 +163,7 @@ impl TestServer {
 
     /// Serve `manifests` with `options`.
     pub fn with_options(manifests: &[Manifest], options: Options) -> TestServer {
-        let (registry, data_dir) = self::registry(manifests);
+        let (registry, data_dir) = self::registry_on(options.engine, manifests);
         let state = AppState::new(App {
             registry: registry.clone(),
             limits: options.limits,

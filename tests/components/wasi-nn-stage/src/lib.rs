@@ -39,7 +39,10 @@ impl Stage for WasiNnStage {
                     }
                 };
                 let dims: Vec<u32> = t.shape().iter().map(|&d| d as u32).collect();
-                Ok((t.name().to_owned(), NnTensor::new(&dims, ty, &t.into_data())))
+                Ok((
+                    t.name().to_owned(),
+                    NnTensor::new(&dims, ty, &t.into_data()),
+                ))
             })
             .collect::<Result<Vec<_>, StageError>>()?;
         let outputs = context.compute(inputs).map_err(failure)?;
