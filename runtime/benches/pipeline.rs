@@ -110,7 +110,7 @@ impl PlainIris {
 }
 
 fn bench(c: &mut Criterion) {
-    let (registry, _data_dir) = registry();
+    let (registry, _data_dir) = registry(None);
     let (pipeline, reused) = deploy_both(&registry, &iris_dir().join("pipeline.toml"));
     // The same stages with no built-in stage: no declared inputs or outputs, no monitor.
     let mut bare = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();

@@ -238,3 +238,32 @@ fn a_manifest_can_pin_a_backend_and_metadata_says_which_serves() {
         "{refused}"
     );
 }
+
+/// ONNX Runtime is told to stop a run that passes the stage's deadline: the request gets its
+/// 504 at once, not when the run would have ended, and the model serves the next request.
+#[test]
+fn a_run_past_the_deadline_is_stopped_and_answered_504() {
+    let text = "name = \"slow\"\n[model]\ncomponent = \"onnx-model@0.1.0\"\n\
+                artifacts = { model = \"slow.onnx\" }\n[limits]\nstage_timeout_ms = 200\n";
+    let options = Options {
+        engine: engine_with_onnxruntime(),
+        ..Options::default()
+    };
+    let server = TestServer::with_options(&[Manifest::parse(text, zoo()).unwrap()], options);
+    let rows = |n: usize| json!({ "inputs": [{ "name": "x0", "shape": [n, 256], "datatype": "FP32", "data": vec![0.5; n * 256] }] });
+    let started = std::time::Instant::now();
+    let (status, body) = server.post_json("/v2/models/slow/infer", &rows(1024));
+    let elapsed = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        crate::support::error_message(&body).contains("exceeded its deadline of 200 ms"),
+        "{body}"
+    );
+    // The whole run takes over a second (2,000 products of 1,024 rows, 256 wide).
+    assert!(
+        elapsed < std::time::Duration::from_millis(800),
+        "answered after {elapsed:?}"
+    );
+    let (status, body) = server.post_json("/v2/models/slow/infer", &rows(1));
+    assert_eq!(status, 200, "{body}");
+}

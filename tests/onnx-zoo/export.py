@@ -102,6 +102,7 @@ def main():
          "onnx.helper")
     save("attention", attention(), {"tokens": RNG.standard_normal((32, 16, 32)).astype(np.float32)},
          "onnx.helper")
+    (OUT / "slow.onnx").write_bytes(slow().SerializeToString())
 
 
 def categories():
@@ -198,6 +199,17 @@ def attention():
         nodes, "encoder",
         [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", 16, d])],
         [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", 16, d])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def slow():
+    """Two thousand matrix products in a row: seconds of work on a few rows, for deadlines."""
+    nodes = [helper.make_node("MatMul", [f"x{i}", "w"], [f"x{i + 1}"]) for i in range(2000)]
+    nodes.append(helper.make_node("Identity", ["x2000"], ["y"]))
+    w = numpy_helper.from_array(np.eye(256, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

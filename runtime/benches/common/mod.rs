@@ -18,14 +18,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The response limit the benchmarks serve with: `weir serve`'s default.
 pub const RESPONSE_LIMIT: usize = 64 << 20;
 
-/// A registry on a store in a temporary directory (kept alive by the returned guard).
-pub fn registry() -> (Registry, tempfile::TempDir) {
+/// A registry on a store in a temporary directory (kept alive by the returned guard), with ONNX
+/// Runtime beside tract when it is given.
+pub fn registry(onnxruntime: Option<Arc<weir::nn::OnnxRuntime>>) -> (Registry, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(data_dir.path()).unwrap());
-    (
-        Registry::open(Engine::new(None).unwrap(), store).unwrap(),
-        data_dir,
-    )
+    let mut engine = Engine::new(None).unwrap();
+    if let Some(runtime) = onnxruntime {
+        engine = engine.with_onnxruntime(runtime);
+    }
+    (Registry::open(engine, store).unwrap(), data_dir)
 }
 
 /// Deploy the manifest at `path` twice: as it is, and as `<name>-reused` with every stage

@@ -9,9 +9,12 @@
 //! runs one execution at a time (the `ort` crate requires it), on `threads` intra-op threads
 //! that sleep rather than spin between runs, since the server has other work for the cores.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use ort::environment::Environment;
@@ -65,6 +68,12 @@ impl OnnxRuntime {
             library: library.to_path_buf(),
         });
         Ok(LOADED.get_or_init(|| runtime).clone())
+    }
+
+    /// The ONNX Runtime environment sessions are made in (for a baseline that runs the `ort`
+    /// crate directly, as the benchmarks do).
+    pub fn environment(&self) -> &Environment {
+        &self.environment
     }
 
     /// Where ONNX Runtime is on this machine, and how it was found: `explicit` (the flag or
@@ -158,6 +167,84 @@ impl Model {
             .into_iter()
             .map(|(_, value)| from_ort(value))
             .collect()
+    }
+}
+
+/// Stops ONNX Runtime runs that pass their deadline: one thread for the process, asleep until
+/// the earliest deadline. Registering costs a lock and a push; a task per run cost about
+/// 35 µs. A run that ended first has dropped its options, and is skipped.
+struct Watchdog {
+    deadlines: Mutex<BinaryHeap<Reverse<Deadline>>>,
+    earlier: Condvar,
+}
+
+/// A run's deadline and its options (through which it is told to stop).
+struct Deadline(Instant, Weak<RunOptions>);
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+/// Tell the run with `options` to stop once `deadline` passes, unless it ended before.
+pub fn stop_at(deadline: Instant, options: &Arc<RunOptions>) {
+    static WATCHDOG: OnceLock<Arc<Watchdog>> = OnceLock::new();
+    let watchdog = WATCHDOG.get_or_init(|| {
+        let watchdog = Arc::new(Watchdog {
+            deadlines: Mutex::default(),
+            earlier: Condvar::new(),
+        });
+        let watching = watchdog.clone();
+        std::thread::Builder::new()
+            .name("weir-onnxruntime-deadlines".into())
+            .spawn(move || watching.watch())
+            .expect("spawning the deadline thread");
+        watchdog
+    });
+    let mut deadlines = watchdog.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+    let earliest = deadlines.peek().is_none_or(|Reverse(d)| deadline < d.0);
+    deadlines.push(Reverse(Deadline(deadline, Arc::downgrade(options))));
+    if earliest {
+        watchdog.earlier.notify_one();
+    }
+}
+
+impl Watchdog {
+    fn watch(&self) {
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            while deadlines.peek().is_some_and(|Reverse(d)| d.0 <= now) {
+                let Reverse(Deadline(_, options)) = deadlines.pop().expect("peeked");
+                if let Some(options) = options.upgrade() {
+                    let _ = options.terminate();
+                }
+            }
+            deadlines = match deadlines.peek().map(|Reverse(d)| d.0 - now) {
+                Some(wait) => {
+                    self.earlier
+                        .wait_timeout(deadlines, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self
+                    .earlier
+                    .wait(deadlines)
+                    .unwrap_or_else(|e| e.into_inner()),
+            };
+        }
     }
 }
 
