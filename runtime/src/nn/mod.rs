@@ -115,10 +115,14 @@ impl Graph {
     ) -> Result<Vec<Tensor>, RunError> {
         let inputs = self.prepare(inputs).map_err(RunError::Nn)?;
         let deadline = tokio::time::Instant::from_std(deadline);
-        let _place = tokio::time::timeout_at(deadline, self.runs.acquire())
-            .await
-            .map_err(|_| RunError::Deadline)?
-            .expect("the semaphore is never closed");
+        // A free place is taken at once; only a wait for one needs a timer.
+        let _place = match self.runs.try_acquire() {
+            Ok(place) => place,
+            Err(_) => tokio::time::timeout_at(deadline, self.runs.acquire())
+                .await
+                .map_err(|_| RunError::Deadline)?
+                .expect("the semaphore is never closed"),
+        };
         let options = match &self.backend {
             Backend::OnnxRuntime(model) => Some(model.run_options().map_err(RunError::Nn)?),
             Backend::Tract(_) => None,
