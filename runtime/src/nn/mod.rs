@@ -45,6 +45,15 @@ impl BackendChoice {
     pub fn is_auto(&self) -> bool {
         *self == BackendChoice::Auto
     }
+
+    /// As the manifest writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Tract => "tract",
+            BackendChoice::Onnxruntime => "onnxruntime",
+        }
+    }
 }
 
 /// A loaded model, ready to run on the backend that loaded it.
@@ -331,7 +340,7 @@ impl GraphCache {
                 artifact = name,
                 digest,
                 backend = graph.backend_name(),
-                choice = ?choice,
+                choice = choice.name(),
                 "model graph ready"
             );
             graphs.onnx.insert(name.to_owned(), graph);
@@ -349,7 +358,17 @@ impl GraphCache {
         let mut refusals = Vec::new();
         for backend in self.candidates(choice)? {
             match self.load(digest, bytes, backend) {
-                Ok(graph) => return Ok(graph),
+                Ok(graph) => {
+                    if !refusals.is_empty() {
+                        tracing::warn!(
+                            digest,
+                            backend,
+                            "the model runs on {backend}: {}",
+                            refusals.join("; ")
+                        );
+                    }
+                    return Ok(graph);
+                }
                 Err(e) => refusals.push(format!("{e:#}")),
             }
         }
