@@ -66,16 +66,23 @@ fn assert_matches_sklearn(body: &Value, expected: &Value, first: usize, rows: us
     assert_eq!(firsts, labels, "the best class of top-k is the label");
 }
 
-#[test]
-fn held_out_digits_match_sklearn_in_one_batch_and_row_by_row() {
-    let server = TestServer::start(&[digits()]);
-    let expected = fixture();
+/// Every held-out digit in one request to `digits`; the answer, which must be a 200.
+fn all_held_out(server: &TestServer, expected: &Value) -> Value {
     let rows = expected["inputs"].as_array().unwrap();
     let request = json!({
         "inputs": [{ "name": "pixels", "shape": [rows.len(), 64], "datatype": "FP32", "data": rows }]
     });
     let (status, body) = server.post_json("/v2/models/digits/infer", &request);
     assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[test]
+fn held_out_digits_match_sklearn_in_one_batch_and_row_by_row() {
+    let server = TestServer::start(&[digits()]);
+    let expected = fixture();
+    let rows = expected["inputs"].as_array().unwrap();
+    let body = all_held_out(&server, &expected);
     assert_eq!(
         output(&body, "probabilities")["shape"],
         json!([rows.len(), 10])
@@ -107,13 +114,13 @@ fn a_component_using_wasi_nn_directly_answers_as_sklearn() {
     );
     let server = TestServer::start(&[Manifest::parse(&text, &digits_dir()).unwrap()]);
     let expected = fixture();
-    let rows = expected["inputs"].as_array().unwrap();
-    let request = json!({
-        "inputs": [{ "name": "pixels", "shape": [rows.len(), 64], "datatype": "FP32", "data": rows }]
-    });
-    let (status, body) = server.post_json("/v2/models/digits/infer", &request);
-    assert_eq!(status, 200, "{body}");
-    assert_matches_sklearn(&body, &expected, 0, rows.len());
+    let body = all_held_out(&server, &expected);
+    assert_matches_sklearn(
+        &body,
+        &expected,
+        0,
+        expected["inputs"].as_array().unwrap().len(),
+    );
 }
 
 #[test]
