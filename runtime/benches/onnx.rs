@@ -311,7 +311,7 @@ fn bench_cnn(c: &mut Criterion) {
     let model = cnn();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cnn.onnx"), &model).unwrap();
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = weir::cores();
     let found = weir::nn::OnnxRuntime::find(
         std::env::var_os("WEIR_ONNXRUNTIME_LIB")
             .map(PathBuf::from)

@@ -19,6 +19,12 @@ pub mod tensor;
 
 use sha2::{Digest, Sha256};
 
+/// The cores this process may use (2 when the system cannot say): what the defaults of
+/// concurrency, native runs and ONNX Runtime threads are sized by.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 /// The content address of a blob: `sha256-` and the hex digest (a valid file name).
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256-{}", hex::encode(Sha256::digest(bytes)))

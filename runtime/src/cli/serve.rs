@@ -276,7 +276,7 @@ fn onnxruntime(args: &ServeArgs) -> anyhow::Result<Option<Arc<OnnxRuntime>>> {
         );
         return Ok(None);
     };
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let cores = crate::cores();
     let threads = args.onnxruntime_threads.map_or(cores, |n| n as usize);
     match OnnxRuntime::load(&library, threads) {
         Ok(runtime) => {
@@ -298,7 +298,7 @@ fn onnxruntime(args: &ServeArgs) -> anyhow::Result<Option<Arc<OnnxRuntime>>> {
 /// The admission bounds the flags set, with their defaults: twice the cores running, each
 /// pipeline half of the turns and of the queue.
 fn admission_bounds(args: &ServeArgs) -> Bounds {
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let cores = crate::cores();
     let concurrency = match args.max_concurrency {
         Some(n) => n as usize,
         None => (2 * cores).min(MAX_RUNNING_REQUESTS as usize),

@@ -174,13 +174,14 @@ impl Graph {
             .collect())
     }
 
-    /// The request's tensors in the graph's input order, each checked against its input.
+    /// The request's tensors in the graph's input order and under its names, each checked
+    /// against its input.
     fn prepare(&self, mut inputs: Vec<Tensor>) -> Result<Vec<Tensor>, NnError> {
         let by_name = self
             .inputs
             .iter()
             .all(|port| inputs.iter().any(|t| t.name == port.name));
-        let ordered: Vec<Tensor> = if by_name {
+        let mut ordered: Vec<Tensor> = if by_name {
             self.inputs
                 .iter()
                 .map(|port| {
@@ -199,8 +200,10 @@ impl Graph {
                 given.join(", ")
             )));
         };
-        for (tensor, port) in ordered.iter().zip(&self.inputs) {
+        for (tensor, port) in ordered.iter_mut().zip(&self.inputs) {
             port.accept(tensor)?;
+            // Under the graph's name: matched by position, it may have come under another.
+            tensor.name.clone_from(&port.name);
         }
         Ok(ordered)
     }
@@ -306,7 +309,7 @@ impl GraphCache {
     /// Graphs on tract, and on ONNX Runtime when it is given; at most one native run per core
     /// at once.
     pub fn new(onnxruntime: Option<Arc<OnnxRuntime>>) -> GraphCache {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let cores = crate::cores();
         GraphCache {
             onnxruntime,
             loaded: Arc::default(),

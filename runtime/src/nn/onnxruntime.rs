@@ -42,8 +42,6 @@ pub struct OnnxRuntime {
     environment: Environment,
     /// Intra-op threads of each session.
     threads: usize,
-    /// Where the library was loaded from.
-    pub library: PathBuf,
 }
 
 /// The process's ONNX Runtime: the library can be loaded once per process.
@@ -65,7 +63,6 @@ impl OnnxRuntime {
         let runtime = Arc::new(OnnxRuntime {
             environment,
             threads: threads.max(1),
-            library: library.to_path_buf(),
         });
         Ok(LOADED.get_or_init(|| runtime).clone())
     }
@@ -130,10 +127,8 @@ impl OnnxRuntime {
             }
             outputs.push(output.name().to_owned());
         }
-        let names = ports.iter().map(|p| p.name.clone()).collect();
         let model = Model {
             session: Mutex::new(session),
-            inputs: names,
         };
         Ok((model, ports, outputs))
     }
@@ -142,8 +137,6 @@ impl OnnxRuntime {
 /// A model in an ONNX Runtime session.
 pub struct Model {
     session: Mutex<Session>,
-    /// The graph's input names, in order.
-    inputs: Vec<String>,
 }
 
 impl Model {
@@ -154,11 +147,11 @@ impl Model {
             .map_err(|e| NnError::runtime(format!("ONNX Runtime: {e}")))
     }
 
-    /// Run one execution on inputs in the graph's order, already checked against its ports;
-    /// the outputs in the graph's order.
+    /// Run one execution on inputs named and ordered as the graph's, already checked against
+    /// its ports; the outputs in the graph's order.
     pub fn run(&self, inputs: Vec<Tensor>, options: &RunOptions) -> Result<Vec<Tensor>, NnError> {
-        let values = (self.inputs.iter().zip(&inputs))
-            .map(|(name, tensor)| Ok((name.as_str(), to_ort(tensor)?)))
+        let values = (inputs.iter())
+            .map(|tensor| Ok((tensor.name.as_str(), to_ort(tensor)?)))
             .collect::<Result<Vec<(&str, DynValue)>, NnError>>()?;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = (session.run_with_options(values, options))
