@@ -21,28 +21,18 @@ const BATCH_SYMBOL: &str = "N";
 /// An optimized model, ready to run.
 pub struct Plan(Arc<TypedRunnableModel>);
 
-/// Whether `bytes` are an ONNX model (not a JSON weights file, say): a model stage's other
-/// artifacts stay plain bytes.
-pub fn is_onnx(bytes: &[u8]) -> bool {
-    decode(bytes).is_some()
-}
-
-/// Decode `bytes` as an ONNX model, if they are one.
-fn decode(bytes: &[u8]) -> Option<ModelProto> {
+/// Decode `bytes` as an ONNX model, if they are one (not a JSON weights file, say: a model
+/// stage's other artifacts stay plain bytes).
+pub fn decode(bytes: &[u8]) -> Option<ModelProto> {
     let proto = tract_onnx::onnx().proto_model_for_read(&mut &*bytes).ok()?;
     let graph = proto.graph.as_ref()?;
     (!graph.node.is_empty() && !proto.opset_import.is_empty()).then_some(proto)
 }
 
 impl Plan {
-    /// Type and optimize the ONNX model in `bytes`; its inputs and output names. Fails naming
+    /// Type and optimize the ONNX model `proto`; its inputs and output names. Fails naming
     /// every operator tract lacks.
-    pub fn load(bytes: &[u8]) -> anyhow::Result<(Plan, Vec<Port>, Vec<String>)> {
-        let proto = decode(bytes).context("not an ONNX model")?;
-        Plan::load_proto(&proto)
-    }
-
-    fn load_proto(proto: &ModelProto) -> anyhow::Result<(Plan, Vec<Port>, Vec<String>)> {
+    pub fn load(proto: &ModelProto) -> anyhow::Result<(Plan, Vec<Port>, Vec<String>)> {
         let onnx = tract_onnx::onnx();
         let mut model = (onnx.model_for_proto_model(proto))
             .context("tract-onnx could not read the ONNX graph")?;

@@ -234,22 +234,21 @@ impl Registry {
         let spec = spec::resolve(manifest, &self.engine, &self.store).map_err(Error::refused)?;
         let name = spec.name.clone();
         let json = spec_json(&spec)?;
-        let deployed = match self
-            .store
-            .command_line_spec(&name)
-            .map_err(Error::refused)?
-        {
-            Some(last) => serde_json::from_str::<PipelineSpec>(&last).is_ok_and(|l| l == spec),
-            None => self.retains(&spec),
-        };
-        let change = if deployed {
+        let last = (self.store.command_line_spec(&name)).map_err(Error::refused)?;
+        let recorded = last.as_ref().is_some_and(|last| {
+            serde_json::from_str::<PipelineSpec>(last).is_ok_and(|l| l == spec)
+        });
+        let change = if recorded || (last.is_none() && self.retains(&spec)) {
             None
         } else {
             Some(self.activate_spec(spec)?)
         };
-        self.store
-            .set_command_line_spec(&name, &json)
-            .map_err(Error::refused)?;
+        // A restart with the same manifest writes nothing.
+        if !recorded {
+            self.store
+                .set_command_line_spec(&name, &json)
+                .map_err(Error::refused)?;
+        }
         Ok(change)
     }
 
