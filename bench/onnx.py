@@ -10,7 +10,8 @@ LightGBM, a CNN, an attention block) at batch 1 and 32, times one call of:
                      `onnx-model` stage on ONNX Runtime;
   - weir/tract       the same, on a second server started with --no-onnxruntime ('-' where
                      tract cannot load the model).
-Prints the median of --calls calls (after a warm-up) and the ratios to session.run. The HTTP
+Prints the median of --calls calls and the ratios to session.run; the three take turns in
+short blocks, so the machine's drift moves them alike. The HTTP
 client sends prepared bytes on a raw keep-alive socket, but it is Python: Weir's numbers
 include its cost and the loopback round trip.
 
@@ -78,10 +79,10 @@ def measure(args, zoo):
                                                providers=["CPUExecutionProvider"])
                 for batch in (1, 32):
                     inputs = {t["name"]: rows(np, t, batch) for t in fixture["inputs"]}
-                    direct = timed(args.calls, lambda: session.run(None, inputs))
-                    cells = [direct]
-                    for backend in PORTS:
-                        cells.append(request_time(args.calls, backend, model, inputs))
+                    calls = [lambda: session.run(None, inputs)]
+                    calls += [requester(backend, model, inputs) for backend in PORTS]
+                    cells = timed(args.calls, calls)
+                    direct = cells[0]
                     ratios = [f"{c / direct:.2f}x" if c else "-" for c in cells[1:]]
                     shown = [f"{c * 1e3:.3f}" if c else "-" for c in cells]
                     print(f"| {model} | {batch} | " + " | ".join(shown + ratios) + " |",
@@ -154,10 +155,10 @@ def encode(inputs):
     return head + payload, len(head)
 
 
-def request_time(calls, backend, model, inputs):
-    """The median time of one whole request, or None when the server does not serve it. The
-    request's bytes are made once and sent on a raw keep-alive socket, so the client's own
-    cost stays small."""
+def requester(backend, model, inputs):
+    """A function that makes one whole request, or None when the server does not serve the
+    model. The request's bytes are made once and sent on a raw keep-alive socket, so the
+    client's own cost stays small."""
     body, length = encode(inputs)
     head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nhost: bench\r\n"
             f"inference-header-content-length: {length}\r\ncontent-length: {len(body)}\r\n\r\n")
@@ -176,20 +177,24 @@ def request_time(calls, backend, model, inputs):
         reader.read(size)
         return status
 
-    if call() != 200:
-        return None
-    return timed(calls, call)
+    return call if call() == 200 else None
 
 
-def timed(calls, function):
-    for _ in range(min(20, calls)):
-        function()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def timed(calls, functions, block=25, warm=5):
+    """The median time of each function (None for None). The functions take turns in blocks
+    of `block` calls, the first `warm` of each block untimed, until each has `calls` timed
+    calls: a machine that speeds up or slows down during the run (a shared VM does) moves them
+    all alike, and each is timed warm, as under steady traffic."""
+    present = [f for f in functions if f]
+    times = {id(f): [] for f in present}
+    while len(times[id(present[0])]) < calls:
+        for function in present:
+            for call in range(block):
+                started = time.perf_counter()
+                function()
+                if call >= warm:
+                    times[id(function)].append(time.perf_counter() - started)
+    return [statistics.median(times[id(f)]) if f else None for f in functions]
 
 
 def main():

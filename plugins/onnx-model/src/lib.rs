@@ -1,6 +1,6 @@
 //! `onnx-model`: a model stage that serves any ONNX model unchanged. The host runs the graph
-//! natively through `wasi:nn` (tract-onnx), loaded once when the pipeline version is deployed;
-//! this component only hands it the batch and takes back its outputs.
+//! natively (ONNX Runtime or tract-onnx, the host's choice), loaded once when the pipeline
+//! version is deployed; this component only hands it the batch and takes back its outputs.
 //!
 //! Config: optional `graph`, the artifact name of the ONNX model (default `model`), and
 //! optional `inputs`, the tensors to feed it (default: every tensor of the batch). They are
