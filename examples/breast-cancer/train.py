@@ -9,7 +9,8 @@ script:
 - reference.csv             the reference half with the model's predictions
 - reference.json            its profile, by `weir profile reference.csv`
 - heldout.csv               the held-out half with the true class
-- pipeline.toml             the manifest, with the schema `weir profile` inferred
+- pipeline.toml             the manifest, with the schema `weir profile` inferred and the
+                            held-out metrics as the quality baseline
 
 Run it from the repository root with `python examples/breast-cancer/train.py` (needs
 scikit-learn and cargo). The outputs are committed.
@@ -20,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from sklearn import metrics
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -73,6 +75,16 @@ labels = {labels}
 [observe]
 reference = "reference.json"
 window_rows = 1000
+
+# Live quality: truth sent to POST /v1/pipelines/breast-cancer/feedback (or `weir feedback`)
+# is joined to each answered request's prediction; the baseline is the held-out half's.
+[quality]
+task = "classification"
+prediction = "label"
+scores = "probabilities"
+classes = {labels}
+min_labelled = 50
+baseline = {{ {baseline} }}
 """
 
 
@@ -108,9 +120,19 @@ def main() -> None:
             mean=json.dumps(scaler.mean_.tolist()),
             scale=json.dumps(scaler.scale_.tolist()),
             labels=json.dumps(labels),
+            baseline=evaluate(model, x_live, y_live),
         )
     )
     print(f"held-out accuracy {model.score(x_live, y_live):.4f}; wrote the example's files")
+
+
+def evaluate(model, x, y) -> str:
+    """The quality baseline: the model's metrics on the held-out half, as TOML."""
+    predicted, proba = model.predict(x), model.predict_proba(x)
+    return (f"accuracy = {metrics.accuracy_score(y, predicted):.4f}, "
+            f"macro_f1 = {metrics.f1_score(y, predicted, average='macro'):.4f}, "
+            f"log_loss = {metrics.log_loss(y, proba):.4f}, "
+            f"brier = {metrics.brier_score_loss(y, proba[:, 1]):.4f}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ scikit-learn's bundled iris data. Writes, next to this script:
                             outputs `label_index` INT64 [N] and `probabilities` FP32 [N, 3])
 - reference.csv             the training rows with the model's predictions: the reference data
 - reference.json            its profile, by `weir profile reference.csv` (the drift reference)
-- pipeline.toml             the manifest: scaler means and scales as stage config, and the
-                            input schema `weir profile` inferred from the training data
+- pipeline.toml             the manifest: scaler means and scales as stage config, the
+                            input schema `weir profile` inferred from the training data, and
+                            the quality baseline (5-fold cross-validated metrics)
 - pipeline-onnx.toml        the same pipeline as `iris-onnx`, its model stage `onnx-model`
 - expected.json             fixture: the 150 inputs with sklearn's predict and predict_proba
 
@@ -26,6 +27,7 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -73,6 +75,16 @@ labels = {labels}
 [observe]
 reference = "reference.json"
 window_rows = 1000
+
+# Live quality: truth sent to POST /v1/pipelines/{name}/feedback (or `weir feedback`) is
+# joined to each answered request's prediction; the baseline is 5-fold cross-validation.
+[quality]
+task = "classification"
+prediction = "label"
+scores = "probabilities"
+classes = {labels}
+min_labelled = 30
+baseline = {{ {baseline} }}
 """
 
 JSON_MODEL = """
@@ -113,6 +125,7 @@ def main() -> None:
         for row, p, scores in zip(x, predicted, proba):
             writer.writerow([*row.tolist(), labels[p], float(scores.max())])
     input_columns = input_schema(HERE / "reference.csv", HERE / "reference.json")
+    baseline = evaluate(x, y)
     for manifest, name, model_stage in [("pipeline.toml", "iris", JSON_MODEL),
                                         ("pipeline-onnx.toml", "iris-onnx", ONNX_MODEL)]:
         (HERE / manifest).write_text(
@@ -124,6 +137,7 @@ def main() -> None:
                 scale=json.dumps(scaler.scale_.tolist()),
                 model=model_stage,
                 labels=json.dumps(labels),
+                baseline=baseline,
             )
         )
     onnx = convert_sklearn(
@@ -143,6 +157,15 @@ def main() -> None:
     print(f"train accuracy {model.score(x, y):.4f}; wrote logistic_regression.json, "
           "logistic_regression.onnx, reference.csv, reference.json, pipeline.toml, "
           "pipeline-onnx.toml, expected.json")
+
+
+def evaluate(x, y) -> str:
+    """The quality baseline: 5-fold cross-validated metrics of the same model, as TOML."""
+    scores = cross_validate(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+                            x, y, cv=5, scoring=["accuracy", "f1_macro", "neg_log_loss"])
+    accuracy, f1, log_loss = (scores[f"test_{name}"].mean()
+                              for name in ["accuracy", "f1_macro", "neg_log_loss"])
+    return f"accuracy = {accuracy:.4f}, macro_f1 = {f1:.4f}, log_loss = {-log_loss:.4f}"
 
 
 if __name__ == "__main__":

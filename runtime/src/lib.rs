@@ -5,6 +5,7 @@
 //! the [`pipeline`] runs the built-in [`stages`] and its Wasm stages on it (each in a fresh
 //! instance from the [`engine`]), and [`protocol`] encodes the result.
 
+pub mod alerts;
 pub mod bundled;
 pub mod cli;
 pub mod engine;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod nn;
 pub mod pipeline;
 pub mod protocol;
+pub mod quality;
 pub mod stages;
 pub mod store;
 pub mod tensor;

@@ -384,7 +384,7 @@ fn push_flipped(served: &Served, dir: &Path) -> String {
 }
 
 /// Run a `weir` management command against `served`; its stdout, or its stderr on failure.
-fn manage(served: &Served, data_dir: &Path, args: &[&str]) -> Result<String, String> {
+pub fn manage(served: &Served, data_dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = weir()
         .args(args)
         .args(["--server", &format!("http://{}", served.addr), "--data-dir"])

@@ -11,6 +11,7 @@ mod limits;
 mod observe;
 mod onnx;
 mod protocol;
+mod quality;
 mod support;
 mod versions;
 mod zoo;

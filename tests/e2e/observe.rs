@@ -10,7 +10,7 @@ use weir::pipeline::manifest::Manifest;
 
 use crate::support::{TestServer, error_message, repo_root};
 
-fn example(example: &str) -> std::path::PathBuf {
+pub fn example(example: &str) -> std::path::PathBuf {
     repo_root().join("examples").join(example)
 }
 
@@ -20,7 +20,7 @@ fn manifest(name: &str) -> Manifest {
 }
 
 /// An example's pipeline under the name `name`.
-fn renamed(example_name: &str, name: &str) -> Manifest {
+pub fn renamed(example_name: &str, name: &str) -> Manifest {
     let dir = example(example_name);
     let text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
     let text = text.replace(
@@ -31,7 +31,7 @@ fn renamed(example_name: &str, name: &str) -> Manifest {
 }
 
 /// The held-out rows: 30 features and the true class.
-fn heldout() -> Vec<(Vec<f64>, String)> {
+pub fn heldout() -> Vec<(Vec<f64>, String)> {
     rows(&example("breast-cancer").join("heldout.csv"), 30)
 }
 

@@ -8,6 +8,7 @@ use std::thread;
 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use weir::alerts::Alerts;
 use weir::engine::Engine;
 use weir::http::admission::{Admission, Bounds};
 use weir::http::connections::ConnectionLimits;
@@ -15,6 +16,8 @@ use weir::http::metrics::Metrics;
 use weir::http::{self, App, AppState, RequestLimits};
 use weir::pipeline::Registry;
 use weir::pipeline::manifest::Manifest;
+use weir::quality::Quality;
+use weir::quality::records::RecordBounds;
 use weir::store::Store;
 
 /// The admin token of in-process test servers.
@@ -94,9 +97,25 @@ pub fn registry(manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
 
 /// [`registry`] on `engine`.
 pub fn registry_on(engine: &Engine, manifests: &[Manifest]) -> (Arc<Registry>, tempfile::TempDir) {
+    registry_with(
+        engine,
+        manifests,
+        RecordBounds::default(),
+        Alerts::log_only(),
+    )
+}
+
+/// [`registry_on`] keeping prediction records within `records`, alerting to `alerts`.
+pub fn registry_with(
+    engine: &Engine,
+    manifests: &[Manifest],
+    records: RecordBounds,
+    alerts: Alerts,
+) -> (Arc<Registry>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let registry = Arc::new(Registry::open(engine.clone(), store).unwrap());
+    let quality = Quality::open(dir.path(), records, alerts).unwrap();
+    let registry = Arc::new(Registry::open_with(engine.clone(), store, quality).unwrap());
     for manifest in manifests {
         registry.deploy(manifest).expect("pipeline deploys");
     }
@@ -110,6 +129,8 @@ pub struct Options {
     pub admission: Bounds,
     pub connections: ConnectionLimits,
     pub inference_token: Option<&'static str>,
+    pub records: RecordBounds,
+    pub alerts: Alerts,
 }
 
 impl Default for Options {
@@ -120,6 +141,8 @@ impl Default for Options {
             admission: Bounds::new(4, 256, 512 << 20),
             connections: ConnectionLimits::default(),
             inference_token: None,
+            records: RecordBounds::default(),
+            alerts: Alerts::log_only(),
         }
     }
 }
@@ -163,7 +186,8 @@ impl TestServer {
 
     /// Serve `manifests` with `options`.
     pub fn with_options(manifests: &[Manifest], options: Options) -> TestServer {
-        let (registry, data_dir) = self::registry_on(options.engine, manifests);
+        let (registry, data_dir) =
+            registry_with(options.engine, manifests, options.records, options.alerts);
         let state = AppState::new(App {
             registry: registry.clone(),
             limits: options.limits,

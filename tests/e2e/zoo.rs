@@ -46,8 +46,8 @@ const MODELS: &[(&str, bool)] = &[
     ("attention", true),
 ];
 
-/// The suite's virtualenv.
-fn python() -> PathBuf {
+/// The suite's virtualenv (scikit-learn, onnx, onnxruntime), which other tests share.
+pub fn python() -> PathBuf {
     python_with("py-onnx-zoo", PACKAGES)
 }
 

@@ -113,26 +113,38 @@ fn parse_stage(s: &str) -> Result<StageKind, String> {
     .ok_or_else(|| format!("'{s}' is not a stage (preprocess, model, postprocess)"))
 }
 
+/// The admin token: `--admin-token-file`, else WEIR_ADMIN_TOKEN, else the one the server
+/// generated in its data directory.
+pub(super) fn admin_token(connection: &Connection) -> anyhow::Result<String> {
+    match (
+        &connection.admin_token_file,
+        std::env::var("WEIR_ADMIN_TOKEN"),
+    ) {
+        (Some(file), _) => auth::read_token(file),
+        (None, Ok(token)) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+        _ => auth::read_token(&connection.data_dir.join(auth::TOKEN_FILE)).context(
+            "no admin token: give --admin-token-file, set WEIR_ADMIN_TOKEN, or point \
+             --data-dir at the server's data directory",
+        ),
+    }
+}
+
 /// A client of the management API.
-struct Client {
+pub(super) struct Client {
     base: String,
     token: String,
     http: reqwest::blocking::Client,
 }
 
 impl Client {
-    fn new(connection: &Connection) -> anyhow::Result<Client> {
-        let token = match (
-            &connection.admin_token_file,
-            std::env::var("WEIR_ADMIN_TOKEN"),
-        ) {
-            (Some(file), _) => auth::read_token(file)?,
-            (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_owned(),
-            _ => auth::read_token(&connection.data_dir.join(auth::TOKEN_FILE)).context(
-                "no admin token: give --admin-token-file, set WEIR_ADMIN_TOKEN, or point \
-                 --data-dir at the server's data directory",
-            )?,
-        };
+    /// A client of the server `connection` names, with its admin token.
+    pub(super) fn new(connection: &Connection) -> anyhow::Result<Client> {
+        let token = admin_token(connection)?;
+        Client::with_token(connection, token)
+    }
+
+    /// A client of the server `connection` names, sending `token`.
+    pub(super) fn with_token(connection: &Connection, token: String) -> anyhow::Result<Client> {
         Ok(Client {
             base: connection.server.trim_end_matches('/').to_owned(),
             token,
@@ -180,7 +192,12 @@ impl Client {
         )
     }
 
-    fn post(&self, what: &str, path: &str, body: reqwest::blocking::Body) -> anyhow::Result<Value> {
+    pub(super) fn post(
+        &self,
+        what: &str,
+        path: &str,
+        body: reqwest::blocking::Body,
+    ) -> anyhow::Result<Value> {
         self.send(
             what,
             self.http.post(format!("{}{path}", self.base)).body(body),

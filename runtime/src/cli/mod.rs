@@ -2,6 +2,7 @@
 //! [`serve`] runs the server, [`admin`] drives a running one through its management API.
 
 mod admin;
+mod feedback;
 mod profile;
 mod serve;
 
@@ -62,6 +63,13 @@ pub enum Command {
     /// to OUTPUT; name it in the manifest's [observe] reference. Prints `columns = [...]` with
     /// ranges and categories to paste into the manifest's [[inputs]].
     Profile(profile::ProfileArgs),
+    /// Send truth for a [quality] pipeline's predictions in bulk, from CSV or JSON lines.
+    ///
+    /// Each row names a request `id` (the V2 `id` the request sent, or the one Weir returned)
+    /// and its `target`: the true label or value (a list of one per row for a request of many
+    /// rows). Prints how many matched, and how many were unknown ids, expired records,
+    /// duplicates (the first truth wins) or did not fit.
+    Feedback(feedback::FeedbackArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Versions(args) => admin::versions(args),
         Command::Status(args) => admin::status(args),
         Command::Profile(args) => profile::run(args),
+        Command::Feedback(args) => feedback::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::alerts::{Alerts, MinStatus};
 use crate::engine::{Engine, MAX_RUNNING_REQUESTS};
 use crate::http::admission::{Admission, Bounds, MAX_QUEUE};
 use crate::http::auth::{self, TokenSource};
@@ -16,6 +17,8 @@ use crate::http::{self, App, AppState, RequestLimits};
 use crate::nn::OnnxRuntime;
 use crate::pipeline::Registry;
 use crate::pipeline::manifest::Manifest;
+use crate::quality::Quality;
+use crate::quality::records::RecordBounds;
 use crate::stages::log::PayloadLog;
 use crate::store::Store;
 
@@ -135,6 +138,28 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub payload_log_max_mib: u64,
 
+    /// POST drift and quality status changes (see --alert-min-status) as JSON to this
+    /// http:// URL, retried with backoff from a queue of its own, never on a request's path.
+    /// Every change is logged either way.
+    #[arg(long, value_name = "URL", env = "WEIR_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+
+    /// The webhook gets the changes into, or back from, this status or a worse one (`warn`
+    /// also sends every warning; a small window's noise can make some).
+    #[arg(long, value_enum, default_value_t = MinStatus::Alert, requires = "alert_webhook")]
+    pub alert_min_status: MinStatus,
+
+    /// Prediction records ([quality] pipelines) kept for truth to join, at most; the oldest
+    /// are evicted first (truth for them then counts as expired).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub quality_record_rows: u64,
+
+    /// How long a prediction record waits for its truth, seconds (default: a week).
+    #[arg(long, default_value_t = 7 * 24 * 3600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub quality_record_seconds: u64,
+
     /// The ONNX Runtime shared library (libonnxruntime.so) for model stages' ONNX graphs.
     /// Without it, the one in the onnxruntime Python package that python3 imports (the active
     /// environment's), else one in the usual library directories; without any, models run on
@@ -169,7 +194,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(runtime) = onnxruntime(&args)? {
         engine = engine.with_onnxruntime(runtime);
     }
-    let registry = Arc::new(Registry::open(engine, store)?);
+    let alerts = match &args.alert_webhook {
+        Some(url) => Alerts::webhook(url, args.alert_min_status)?,
+        None => Alerts::log_only(),
+    };
+    let bounds = RecordBounds {
+        rows: args.quality_record_rows,
+        seconds: args.quality_record_seconds,
+    };
+    let quality = Quality::open(&args.data_dir, bounds, alerts)?;
+    let registry = Arc::new(Registry::open_with(engine, store, quality)?);
     for path in &args.manifests {
         let manifest = Manifest::load(path)?;
         let change = registry

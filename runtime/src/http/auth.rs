@@ -96,6 +96,25 @@ pub async fn require_inference(
 
 /// Whether the request carries `Authorization: Bearer <token>`; the scheme's name is
 /// case-insensitive (RFC 9110), so `bearer` does too.
+/// Middleware: feedback comes from business systems, which hold the inference token when the
+/// server has one; otherwise it needs the admin token.
+pub async fn require_feedback(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let (token, which) = match &app.inference_token {
+        Some(token) => (token, "inference"),
+        None => (&app.admin_token, "admin"),
+    };
+    if !bearer_matches(&request, token) {
+        return Err(Error::Unauthorized(format!(
+            "feedback needs `Authorization: Bearer <{which} token>` (see weir serve --help)"
+        )));
+    }
+    Ok(next.run(request).await)
+}
+
 fn bearer_matches(request: &Request, token: &str) -> bool {
     request
         .headers()

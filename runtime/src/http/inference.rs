@@ -280,6 +280,9 @@ pub async fn infer(
 ) -> Result<protocol::Response, Error> {
     let limits = &pipeline.spec.limits;
     let mut request = protocol::decode_request(body, header_length, limits.max_tensor_elements)?;
+    if request.id.is_none() {
+        request.id = pipeline.new_request_id();
+    }
     trace.request_id = request.id.clone();
     let batch = pipeline
         .infer(std::mem::take(&mut request.batch), trace)

@@ -1,6 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition (OpenMetrics) of requests, latencies per
 //! pipeline and per stage (histograms, so quantiles aggregate across replicas), validation
-//! failures by rule, drift scores and status, and requests in flight.
+//! failures by rule, drift scores and status, quality metrics and status per version, alerts,
+//! and requests in flight.
 
 use axum::extract::State;
 use axum::http::header;
@@ -13,6 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
 use super::AppState;
@@ -50,6 +52,19 @@ struct ColumnLabels {
     method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    pipeline: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetricLabels {
+    pipeline: String,
+    version: String,
+    metric: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 25 µs to about 13 s: Weir's stages take microseconds, a client's
@@ -68,6 +83,13 @@ pub struct Metrics {
     validation_failures: Family<RuleLabels, Counter>,
     drift_score: Family<ColumnLabels, Gauge<f64, AtomicU64>>,
     drift_status: Family<ColumnLabels, Gauge>,
+    quality_score: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    quality_status: Family<VersionLabels, Gauge>,
+    quality_records_dropped: Counter,
+    quality_records_evicted: Counter,
+    alerts_raised: Counter,
+    alerts_delivered: Counter,
+    alerts_failed: Counter,
     in_flight: Gauge,
     instances: Gauge,
     instance_capacity: Gauge,
@@ -149,6 +171,48 @@ impl Default for Metrics {
             "Drift status per column: 0 ok, 1 warn, 2 alert",
             drift_status.clone(),
         );
+        let quality_score = Family::default();
+        registry.register(
+            "quality_score",
+            "Live model quality per version against truth sent as feedback, per metric",
+            quality_score.clone(),
+        );
+        let quality_status = Family::default();
+        registry.register(
+            "quality_status",
+            "Quality status per version: -1 insufficient truth, 0 ok, 1 warn, 2 alert",
+            quality_status.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let quality_records_dropped = counter(
+            &mut registry,
+            "quality_records_dropped",
+            "Prediction records dropped because their writer fell behind",
+        );
+        let quality_records_evicted = counter(
+            &mut registry,
+            "quality_records_evicted",
+            "Prediction records evicted by --quality-record-rows or --quality-record-seconds",
+        );
+        let alerts_raised = counter(
+            &mut registry,
+            "alerts_raised",
+            "Drift and quality status changes alerted",
+        );
+        let alerts_delivered = counter(
+            &mut registry,
+            "alerts_delivered",
+            "Alerts the webhook (--alert-webhook) accepted",
+        );
+        let alerts_failed = counter(
+            &mut registry,
+            "alerts_failed",
+            "Alerts not delivered to the webhook after every retry, or dropped from its full queue",
+        );
         let in_flight = Gauge::default();
         registry.register(
             "requests_in_flight",
@@ -194,6 +258,13 @@ impl Default for Metrics {
             validation_failures,
             drift_score,
             drift_status,
+            quality_score,
+            quality_status,
+            quality_records_dropped,
+            quality_records_evicted,
+            alerts_raised,
+            alerts_delivered,
+            alerts_failed,
             in_flight,
             instances,
             instance_capacity,
@@ -320,10 +391,28 @@ pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
         .instance_capacity
         .set(i64::from(crate::engine::POOL_INSTANCES));
     if let Some(log) = &app.payload_log {
-        let dropped = log.dropped();
-        metrics
-            .payload_dropped
-            .inc_by(dropped.saturating_sub(metrics.payload_dropped.get()));
+        catch_up(&metrics.payload_dropped, log.dropped());
+    }
+    let quality = app.registry.quality();
+    let (dropped, evicted) = quality.record_counts();
+    catch_up(&metrics.quality_records_dropped, dropped);
+    catch_up(&metrics.quality_records_evicted, evicted);
+    let alerts = quality.alerts().counts();
+    catch_up(&metrics.alerts_raised, alerts.raised.load(Relaxed));
+    catch_up(&metrics.alerts_delivered, alerts.delivered.load(Relaxed));
+    catch_up(&metrics.alerts_failed, alerts.failed.load(Relaxed));
+    for (pipeline, report) in quality.reports() {
+        let version = report.version.to_string();
+        for (metric, value) in &report.metrics {
+            let labels = MetricLabels {
+                pipeline: pipeline.clone(),
+                version: version.clone(),
+                metric: (*metric).to_owned(),
+            };
+            metrics.quality_score.get_or_create(&labels).set(*value);
+        }
+        let labels = VersionLabels { pipeline, version };
+        (metrics.quality_status.get_or_create(&labels)).set(report.status.gauge());
     }
     for report in app.registry.drift_reports() {
         for column in &report.columns {
@@ -353,6 +442,11 @@ pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// Bring `counter` up to `total`, a count kept elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 #[cfg(test)]

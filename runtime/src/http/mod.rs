@@ -6,6 +6,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod connections;
+pub mod feedback;
 pub mod inference;
 pub mod metrics;
 
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         auth::require_admin,
     ));
     inference::routes(&state)
+        .merge(feedback::routes(&state))
         .merge(admin)
         .route("/metrics", axum::routing::get(metrics::scrape))
         .fallback(unknown_route)

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batching::Batching;
 use crate::nn::BackendChoice;
+use crate::quality::config::QualityConfig;
 use crate::stages::drift::Thresholds;
 use crate::stages::validate::ColumnSpec;
 use crate::store::check_name;
@@ -38,6 +39,8 @@ pub struct Manifest {
     /// Merge concurrent requests into one pass through the stages (see `batching`). Off by
     /// default: requests in one batch share the stages' instances.
     pub batching: Option<Batching>,
+    /// Live model quality against truth sent later (see `quality`); none by default.
+    pub quality: Option<QualityConfig>,
 }
 
 /// `[observe]`: the drift monitor's reference profile, window and thresholds.
@@ -260,7 +263,7 @@ impl ObserveManifest {
 const MAX_BATCH_SIZE: u64 = 1 << 16;
 
 /// Refuse `value` of `field` outside `low..=high`.
-fn within(field: &str, value: u64, low: u64, high: u64) -> anyhow::Result<()> {
+pub(crate) fn within(field: &str, value: u64, low: u64, high: u64) -> anyhow::Result<()> {
     if !(low..=high).contains(&value) {
         bail!("{field} is {value}; it must be between {low} and {high}");
     }
@@ -369,6 +372,9 @@ impl Manifest {
         }
         if let Some(batching) = &self.batching {
             self.check_batching(batching)?;
+        }
+        if let Some(quality) = &self.quality {
+            quality.check(&self.outputs)?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::quality::{Quality, Recorder};
 use crate::stages::drift::Monitor;
 use crate::stages::profile::Profile;
 use crate::stages::validate;
@@ -41,6 +42,8 @@ pub struct Pipeline {
     monitor: Option<Arc<Monitor>>,
     /// The queue that merges concurrent requests, when the manifest opts into `[batching]`.
     batcher: Option<Batcher>,
+    /// What each answered request predicted goes here, when the manifest has `[quality]`.
+    quality: Option<Recorder>,
 }
 
 /// What a request did inside the pipeline: time per stage, rules it broke.
@@ -56,10 +59,12 @@ pub struct Trace {
 }
 
 impl Pipeline {
-    /// Compile and type-check every stage of `spec`; fails naming the stage at fault.
+    /// Compile and type-check every stage of `spec`; fails naming the stage at fault. Its
+    /// drift and quality monitors raise their alerts through `quality`.
     pub fn load(
         engine: &Engine,
         store: &Store,
+        quality: &Arc<Quality>,
         spec: &PipelineSpec,
         version: u64,
     ) -> anyhow::Result<Pipeline> {
@@ -82,6 +87,7 @@ impl Pipeline {
                     &spec.inputs,
                     &spec.outputs,
                     observe.monitor.clone(),
+                    quality.alerts().clone(),
                 )
                 .with_context(|| format!("pipeline '{}', [observe]", spec.name))?;
                 Some(Arc::new(monitor))
@@ -95,6 +101,9 @@ impl Pipeline {
             stages,
             monitor,
             batcher: spec.batching.as_ref().map(Batcher::new),
+            quality: (spec.quality.as_ref())
+                .map(|config| quality.watch(&spec.name, version, config))
+                .transpose()?,
         })
     }
 
@@ -126,6 +135,12 @@ impl Pipeline {
         &self.stages
     }
 
+    /// A new request id when the pipeline records predictions (`[quality]`), whose answers
+    /// must name the request the truth will name.
+    pub fn new_request_id(&self) -> Option<String> {
+        self.quality.as_ref().map(Recorder::new_id)
+    }
+
     /// Whether requests are merged into batches (`[batching]`).
     pub fn batches(&self) -> bool {
         self.batcher.is_some()
@@ -154,6 +169,9 @@ impl Pipeline {
         if let Some((monitor, observation, observing)) = observation {
             monitor.record(observation, &outputs);
             trace.stages.push(("observe", observing + clock.lap()));
+        }
+        if let (Some(quality), Some(id)) = (&self.quality, &trace.request_id) {
+            quality.record(id, &outputs);
         }
         Ok(outputs)
     }

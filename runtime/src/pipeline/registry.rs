@@ -16,10 +16,13 @@ use serde_json::{Map, Value};
 use super::Pipeline;
 use super::manifest::Manifest;
 use super::spec::{self, Pin, PipelineSpec};
+use crate::alerts::Alerts;
 use crate::bundled;
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
 use crate::error::Error;
+use crate::quality::Quality;
+use crate::quality::records::RecordBounds;
 use crate::stages::drift::DriftReport;
 use crate::store::{Kind, Store};
 
@@ -34,6 +37,8 @@ struct Slot {
 pub struct Registry {
     engine: Engine,
     store: Arc<Store>,
+    /// The quality monitors and prediction records, and where alerts go.
+    quality: Arc<Quality>,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     /// Changes (deploy, swap, rollback, load, unload) happen one at a time.
     changes: Mutex<()>,
@@ -72,9 +77,20 @@ pub struct PipelineStatus {
 }
 
 impl Registry {
-    /// Open the registry on `store`: put the bundled components in it, then load every
-    /// retained pipeline version and warm up the active ones.
+    /// Open the registry on `store` with the default record bounds, its alerts logged only.
     pub fn open(engine: Engine, store: Arc<Store>) -> anyhow::Result<Registry> {
+        let quality = Quality::open(store.dir(), RecordBounds::default(), Alerts::log_only())?;
+        Registry::open_with(engine, store, quality)
+    }
+
+    /// Open the registry on `store`: put the bundled components in it, then load every
+    /// retained pipeline version and warm up the active ones. Their prediction records and
+    /// alerts go to `quality`.
+    pub fn open_with(
+        engine: Engine,
+        store: Arc<Store>,
+        quality: Arc<Quality>,
+    ) -> anyhow::Result<Registry> {
         for plugin in bundled::BUNDLED {
             let version: Version = plugin.version.parse()?;
             if let Err(e) =
@@ -90,6 +106,7 @@ impl Registry {
         let registry = Registry {
             engine,
             store,
+            quality,
             slots: RwLock::default(),
             changes: Mutex::new(()),
         };
@@ -99,7 +116,13 @@ impl Registry {
                 let loaded = serde_json::from_str::<PipelineSpec>(&stored.spec)
                     .map_err(anyhow::Error::from)
                     .and_then(|spec| {
-                        Pipeline::load(&registry.engine, &registry.store, &spec, stored.version)
+                        Pipeline::load(
+                            &registry.engine,
+                            &registry.store,
+                            &registry.quality,
+                            &spec,
+                            stored.version,
+                        )
                     });
                 match loaded {
                     Ok(pipeline) => {
@@ -139,6 +162,11 @@ impl Registry {
     /// The engine that compiles components.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The quality monitors.
+    pub fn quality(&self) -> &Arc<Quality> {
+        &self.quality
     }
 
     fn slot(&self, name: &str) -> Result<Arc<Slot>, Error> {
@@ -336,8 +364,8 @@ impl Registry {
             .map_err(Error::refused)?
             .last()
             .map_or(1, |v| v.version + 1);
-        let mut pipeline =
-            Pipeline::load(&self.engine, &self.store, &spec, next).map_err(Error::refused)?;
+        let mut pipeline = Pipeline::load(&self.engine, &self.store, &self.quality, &spec, next)
+            .map_err(Error::refused)?;
         if let Some(active) = slot.as_ref().and_then(|s| s.active.load_full()) {
             pipeline.continue_monitor(&active);
         }

@@ -14,6 +14,7 @@ use super::manifest::{ArtifactSource, Limits, Manifest, TensorSpec, split_refere
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
 use crate::nn::BackendChoice;
+use crate::quality::config::QualityConfig;
 use crate::stages::drift::MonitorConfig;
 use crate::stages::profile::Profile;
 use crate::store::{Kind, Object, Store, StoreError};
@@ -34,6 +35,9 @@ pub struct PipelineSpec {
     /// Cross-request batching, when opted into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// The quality monitor's settings, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityConfig>,
 }
 
 /// The drift monitor of a pinned pipeline.
@@ -200,6 +204,7 @@ pub fn resolve(
         stages,
         observe,
         batching: manifest.batching.clone(),
+        quality: manifest.quality.clone(),
     })
 }
 

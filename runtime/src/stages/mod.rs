@@ -6,3 +6,4 @@ pub mod drift;
 pub mod log;
 pub mod profile;
 pub mod validate;
+pub mod window;
