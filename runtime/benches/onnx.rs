@@ -14,12 +14,10 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{RESPONSE_LIMIT, Request, Response, block_on, deploy_both, output, registry};
+use common::{Request, Response, deploy_both, output, registry, respond};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use tract_onnx::prelude::*;
-use weir::http::inference::infer;
-use weir::pipeline::Trace;
 
 fn digits_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/digits")
@@ -109,18 +107,8 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("digits");
     for rows in [1, 64] {
         let body = request(rows);
-        let weir_answer: Value = serde_json::from_slice(
-            &block_on(infer(
-                &pipeline,
-                body.as_bytes(),
-                None,
-                RESPONSE_LIMIT,
-                &mut Trace::default(),
-            ))
-            .unwrap()
-            .body,
-        )
-        .unwrap();
+        let weir_answer: Value =
+            serde_json::from_slice(&respond(&pipeline, body.as_bytes(), None)).unwrap();
         let native_answer: Value =
             serde_json::from_slice(&native.infer_json(body.as_bytes())).unwrap();
         assert_eq!(
@@ -135,17 +123,7 @@ fn bench(c: &mut Criterion) {
             ("weir_reused_instances", &reused),
         ] {
             group.bench_with_input(BenchmarkId::new(name, rows), &body, |b, body| {
-                b.iter(|| {
-                    block_on(infer(
-                        pipeline,
-                        body.as_bytes(),
-                        None,
-                        RESPONSE_LIMIT,
-                        &mut Trace::default(),
-                    ))
-                    .unwrap()
-                    .body
-                })
+                b.iter(|| respond(pipeline, body.as_bytes(), None))
             });
         }
     }
@@ -360,19 +338,7 @@ fn bench_cnn(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("weir_{backend}"), rows),
                 &body,
-                |b, body| {
-                    b.iter(|| {
-                        block_on(infer(
-                            pipeline,
-                            body,
-                            Some(&length),
-                            RESPONSE_LIMIT,
-                            &mut Trace::default(),
-                        ))
-                        .unwrap()
-                        .body
-                    })
-                },
+                |b, body| b.iter(|| respond(pipeline, body, Some(&length))),
             );
         }
         if let Some(session) = &mut native {

@@ -2,7 +2,9 @@
 //! encode) against the same computation written in plain Rust, in the same run: with a fresh
 //! instance per stage (the default), without the built-in stages, and with every stage opted
 //! into reusing warm instances. Then 64 requests at once, each alone in fresh instances and
-//! merged into batches (`[batching]`), against plain Rust answering the 64 in turn.
+//! merged into batches (`[batching]`), against plain Rust answering the 64 in turn. Then the
+//! cost of `[quality]` on the request path: the same pipeline with and without it, on requests
+//! without an id (so each gets one made, and its prediction recorded).
 //!
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{RESPONSE_LIMIT, Request, Response, block_on, deploy_both, output, registry};
+use common::{RESPONSE_LIMIT, Request, Response, block_on, deploy_both, output, registry, respond};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use weir::http::inference::infer;
@@ -118,23 +120,13 @@ fn bench(c: &mut Criterion) {
     bare.inputs.clear();
     bare.outputs.clear();
     bare.observe = None;
+    bare.quality = None;
     registry.deploy(&bare).unwrap();
     let bare = registry.get("iris-bare", None).unwrap();
     let plain = PlainIris::load();
 
     let answer = |p: &Arc<Pipeline>| -> Value {
-        serde_json::from_slice(
-            &block_on(infer(
-                p,
-                REQUEST.as_bytes(),
-                None,
-                RESPONSE_LIMIT,
-                &mut Trace::default(),
-            ))
-            .unwrap()
-            .body,
-        )
-        .unwrap()
+        serde_json::from_slice(&respond(p, REQUEST.as_bytes(), None)).unwrap()
     };
     let plain_out: Value = serde_json::from_slice(&plain.infer_json(REQUEST.as_bytes())).unwrap();
     for p in [&pipeline, &reused] {
@@ -166,17 +158,7 @@ fn bench(c: &mut Criterion) {
         ("weir_pipeline_reused_instances", &reused),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| {
-                block_on(infer(
-                    pipeline,
-                    REQUEST.as_bytes(),
-                    None,
-                    RESPONSE_LIMIT,
-                    &mut Trace::default(),
-                ))
-                .unwrap()
-                .body
-            })
+            b.iter(|| respond(pipeline, REQUEST.as_bytes(), None))
         });
     }
     group.finish();
@@ -234,6 +216,25 @@ fn bench(c: &mut Criterion) {
         b.iter(|| plain.infer_json(body.as_bytes()))
     });
     group.finish();
+
+    let mut unrecorded = Manifest::load(&iris_dir().join("pipeline.toml")).unwrap();
+    unrecorded.name = "iris-without-quality".into();
+    unrecorded.quality = None;
+    registry.deploy(&unrecorded).unwrap();
+    let unrecorded = registry.get("iris-without-quality", None).unwrap();
+    let request = REQUEST.replace(r#""id":"bench","#, "");
+    let mut group = c.benchmark_group("iris_quality_one_row");
+    for (name, pipeline) in [
+        ("with_quality", &pipeline),
+        ("without_quality", &unrecorded),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| respond(pipeline, request.as_bytes(), None))
+        });
+    }
+    group.finish();
+    let (dropped, _) = registry.quality().record_counts();
+    println!("prediction records dropped (the writer fell behind): {dropped}");
 }
 
 /// `count` iris requests to `pipeline` as concurrent tasks, as a server's connections would

@@ -492,3 +492,55 @@ fn a_kill_9_loses_at_most_the_last_flush_and_the_records_reopen_with_their_truth
     assert_eq!(version["window_rows"], matched, "{version}");
     assert_eq!(version["status"], "ok", "{version}");
 }
+
+#[test]
+fn the_shipped_prometheus_rules_pass_promtool_and_name_metrics_the_server_exports() {
+    let rules = repo_root().join("examples/alerts.yml");
+    let checked = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool runs: install Debian's `prometheus` package (.ci/run does)");
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+
+    // A server with requests, drift, quality and an alert behind it exports every series the
+    // rules name.
+    let server = TestServer::start(&[iris()]);
+    let row = json!([5.1, 3.5, 1.4, 0.2]);
+    let request = json!({ "id": "r", "inputs": [
+        { "name": "features", "shape": [1, 4], "datatype": "FP64", "data": row }
+    ] });
+    assert_eq!(server.post_json("/v2/models/iris/infer", &request).0, 200);
+    let feedback = json!({ "feedback": [{ "id": "r", "target": "setosa" }] }).to_string();
+    assert_eq!(
+        server
+            .admin(Method::POST, "/v1/pipelines/iris/feedback", feedback)
+            .0,
+        200
+    );
+    let rows: Vec<Value> = (0..100).map(|_| row.clone()).collect();
+    let drifting = json!({ "inputs": [
+        { "name": "features", "shape": [100, 4], "datatype": "FP64", "data": rows }
+    ] });
+    assert_eq!(server.post_json("/v2/models/iris/infer", &drifting).0, 200);
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let mut named = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("weir_"))
+        .peekable();
+    assert!(named.peek().is_some());
+    for name in named {
+        assert!(
+            metrics.contains(&format!("\n{name}{{")) || metrics.contains(&format!("\n{name} ")),
+            "the rules name {name}, which /metrics lacks"
+        );
+    }
+}

@@ -7,8 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use weir::engine::Engine;
+use weir::http::inference::infer;
 use weir::pipeline::manifest::Manifest;
-use weir::pipeline::{Pipeline, Registry};
+use weir::pipeline::{Pipeline, Registry, Trace};
 use weir::store::Store;
 
 /// The server's allocator (`src/main.rs`), so in-process numbers match what it serves.
@@ -28,6 +29,21 @@ pub fn registry(onnxruntime: Option<Arc<weir::nn::OnnxRuntime>>) -> (Registry, t
         engine = engine.with_onnxruntime(runtime);
     }
     (Registry::open(engine, store).unwrap(), data_dir)
+}
+
+/// One request through `pipeline` as the server answers it (decode → stages → encode), on
+/// this thread; the response body. `header_length`: the binary extension's header, if sent.
+pub fn respond(pipeline: &Arc<Pipeline>, body: &[u8], header_length: Option<&str>) -> Vec<u8> {
+    let mut trace = Trace::default();
+    block_on(infer(
+        pipeline,
+        body,
+        header_length,
+        RESPONSE_LIMIT,
+        &mut trace,
+    ))
+    .unwrap()
+    .body
 }
 
 /// Deploy the manifest at `path` twice: as it is, and as `<name>-reused` with every stage

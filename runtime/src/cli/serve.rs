@@ -203,7 +203,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         seconds: args.quality_record_seconds,
     };
     let quality = Quality::open(&args.data_dir, bounds, alerts)?;
-    let registry = Arc::new(Registry::open_with(engine, store, quality)?);
+    let registry = Arc::new(Registry::open_with(engine, store, quality.clone())?);
     for path in &args.manifests {
         let manifest = Manifest::load(path)?;
         let change = registry
@@ -290,6 +290,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Duration::from_secs(args.shutdown_timeout),
         )
         .await;
+        // The prediction records still queued, so a graceful stop loses none.
+        quality.flush();
         tracing::info!("stopped");
         anyhow::Ok(())
     })

@@ -88,7 +88,7 @@ fn monitored(app: &AppState, name: &str) -> Result<(), Error> {
     if !app.registry.serves(name) {
         return Err(Error::NotFound(format!("unknown pipeline '{name}'")));
     }
-    if app.registry.quality().report(name).versions.is_empty() {
+    if !app.registry.quality().watches(name) {
         return Err(Error::InvalidInput(format!(
             "pipeline '{name}' has no version with a [quality] section: declare one to \
              accept feedback"

@@ -258,6 +258,18 @@ impl Quality {
             .collect()
     }
 
+    /// Whether some version of `pipeline` has a quality monitor.
+    pub fn watches(&self, pipeline: &str) -> bool {
+        let monitors = self.monitors.lock().unwrap();
+        let versions = (pipeline.to_owned(), 0)..=(pipeline.to_owned(), u64::MAX);
+        monitors.range(versions).next().is_some()
+    }
+
+    /// Write every queued record (blocking): before a graceful exit.
+    pub fn flush(&self) {
+        self.records.flush();
+    }
+
     /// Records dropped and evicted.
     pub fn record_counts(&self) -> (u64, u64) {
         (self.records.dropped(), self.records.evicted())
