@@ -27,12 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 WEIR = ROOT / "target" / "release" / "weir"
 PORTS = {"with_quality": 18701, "without_quality": 18702}
 
-# Each request carries a unique id: "r<n>".
+# Each request carries a unique id: "<round>-<n>".
 LUA = """
 local n = 0
+local round = "0"
+init = function(args)
+  round = args[1]
+end
 request = function()
   n = n + 1
-  local body = '{"id":"r' .. n .. '","inputs":[{"name":"features","shape":[1,4],' ..
+  local body = '{"id":"' .. round .. '-' .. n .. '","inputs":[{"name":"features","shape":[1,4],' ..
     '"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
   return wrk.format("POST", "/v2/models/iris/infer", nil, body)
 end
@@ -60,9 +64,10 @@ def serve(name, work):
     return process, data
 
 
-def wrk(port, seconds, script):
+def wrk(port, seconds, script, round):
     out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", script,
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+                          f"http://127.0.0.1:{port}/", "--", str(round)],
+                         capture_output=True, text=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     assert errors is None, out
@@ -89,9 +94,9 @@ def main():
         servers = {name: serve(name, work) for name in PORTS}
         try:
             rates = {name: [] for name in PORTS}
-            for _ in range(args.rounds):
+            for round in range(args.rounds):
                 for name in PORTS:
-                    rates[name].append(wrk(PORTS[name], args.seconds, script))
+                    rates[name].append(wrk(PORTS[name], args.seconds, script, round))
             print(f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, wrk -t1 -c8, "
                   f"{args.rounds} rounds of {args.seconds} s, req/s")
             for name in PORTS:

@@ -4,7 +4,8 @@
 //! into reusing warm instances. Then 64 requests at once, each alone in fresh instances and
 //! merged into batches (`[batching]`), against plain Rust answering the 64 in turn. Then the
 //! cost of `[quality]` on the request path: the same pipeline with and without it, on requests
-//! without an id (so each gets one made, and its prediction recorded).
+//! without an id (so each gets one made, and its prediction recorded), and what it adds to the
+//! request's own path alone.
 //!
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
@@ -202,9 +203,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let request = json!({ "inputs": [{ "name": "features", "shape": [64, 4], "datatype": "FP64", "data": rows }] });
-    let inputs = weir::protocol::decode_request(request.to_string().as_bytes(), None, 1 << 21)
-        .unwrap()
-        .batch;
+    let inputs = inputs_of(&request.to_string());
     let outputs = block_on(bare.infer(inputs.clone(), &mut Trace::default())).unwrap();
     let monitor = pipeline.monitor().expect("iris has a drift monitor");
     let mut group = c.benchmark_group("drift_monitor_64_rows");
@@ -235,6 +234,36 @@ fn bench(c: &mut Criterion) {
     group.finish();
     let (dropped, _) = registry.quality().record_counts();
     println!("prediction records dropped (the writer fell behind): {dropped}");
+
+    // What `[quality]` adds to a request's own path: an id made, the prediction recorded.
+    // The writer's work (another thread) is written outside the timed calls, every 10,000.
+    let recorder = pipeline.recorder().expect("iris has [quality]");
+    let outputs = block_on(pipeline.infer(inputs_of(REQUEST), &mut Trace::default())).unwrap();
+    let mut group = c.benchmark_group("quality_record");
+    group.bench_function("new_id_and_record", |b| {
+        b.iter_custom(|iterations| {
+            let mut timed = std::time::Duration::ZERO;
+            for i in 0..iterations {
+                if i % 10_000 == 0 {
+                    registry.quality().flush();
+                }
+                let started = std::time::Instant::now();
+                recorder.record(&recorder.new_id(), &outputs);
+                timed += started.elapsed();
+            }
+            timed
+        })
+    });
+    group.finish();
+    let (dropped, _) = registry.quality().record_counts();
+    assert_eq!(dropped, 0, "every record timed was kept");
+}
+
+/// The batch of a V2 request's inputs.
+fn inputs_of(request: &str) -> weir::tensor::Batch {
+    weir::protocol::decode_request(request.as_bytes(), None, 1 << 21)
+        .unwrap()
+        .batch
 }
 
 /// `count` iris requests to `pipeline` as concurrent tasks, as a server's connections would

@@ -141,6 +141,11 @@ impl Pipeline {
         self.quality.as_ref().map(Recorder::new_id)
     }
 
+    /// Where this version records predictions, when it has `[quality]`.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.quality.as_ref()
+    }
+
     /// Whether requests are merged into batches (`[batching]`).
     pub fn batches(&self) -> bool {
         self.batcher.is_some()

@@ -6,7 +6,7 @@
 //!
 //! Requests only queue their record (a bounded queue: when the writer falls behind, records are
 //! dropped and counted, and requests never wait). A writer thread inserts the queue every
-//! [`FLUSH_INTERVAL`] (or every [`BATCH`] records) in one transaction, then evicts records
+//! [`FLUSH_INTERVAL`] (or when feedback asks for it) in one transaction, then evicts records
 //! beyond the bounds, oldest first, remembering their ids so late truth for them counts as
 //! expired rather than unknown. A `kill -9` loses at most the records still queued: those of
 //! the last flush interval.
@@ -14,9 +14,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -27,10 +27,8 @@ use super::score::Label;
 /// How often queued records are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Records written in one transaction at most.
-const BATCH: usize = 4096;
-
-/// Records waiting for the writer; beyond this they are dropped and counted.
+/// Records waiting for the writer; beyond this they are dropped and counted. A second of
+/// traffic at 65k requests a second.
 const QUEUE: usize = 65_536;
 
 const SCHEMA: &str = "
@@ -105,15 +103,19 @@ pub enum Outcome {
     Invalid(String),
 }
 
-enum Message {
-    Record(Prediction),
-    /// Write what is queued, then answer.
-    Flush(Sender<()>),
+/// Records waiting for the writer. A request only pushes under a lock it holds for
+/// nanoseconds and never wakes the writer: with a wake per record (through a channel) the
+/// iris request took 79 µs with `[quality]` against 56 µs without in a criterion run.
+#[derive(Default)]
+struct Pending {
+    records: Mutex<Vec<Prediction>>,
 }
 
-/// The record: a queue to the writer, and a connection for feedback.
+/// The record: the pending records, flush requests to the writer, and a connection for
+/// feedback.
 pub struct Records {
-    queue: SyncSender<Message>,
+    pending: Arc<Pending>,
+    flushes: Sender<Sender<()>>,
     db: Mutex<Connection>,
     dropped: AtomicU64,
     evicted: Arc<AtomicU64>,
@@ -125,7 +127,8 @@ impl Records {
         let reader = connect(path)?;
         let writer = connect(path)?;
         let kept: u64 = writer.query_row("SELECT COUNT(*) FROM predictions", [], |r| r.get(0))?;
-        let (queue, messages) = sync_channel(QUEUE);
+        let pending = Arc::new(Pending::default());
+        let (flushes, requests) = std::sync::mpsc::channel();
         let evicted = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             db: writer,
@@ -135,18 +138,26 @@ impl Records {
         };
         std::thread::Builder::new()
             .name("weir-quality-records".into())
-            .spawn(move || writer.run(messages))?;
+            .spawn({
+                let pending = pending.clone();
+                move || writer.run(pending, requests)
+            })?;
         Ok(Records {
-            queue,
+            pending,
+            flushes,
             db: Mutex::new(reader),
             dropped: AtomicU64::new(0),
             evicted,
         })
     }
 
-    /// Queue `prediction` for the writer; dropped and counted when the queue is full.
+    /// Queue `prediction` for the writer; dropped and counted when [`QUEUE`] are waiting.
     pub fn record(&self, prediction: Prediction) {
-        if self.queue.try_send(Message::Record(prediction)).is_err() {
+        let mut records = self.pending.records.lock().unwrap();
+        if records.len() < QUEUE {
+            records.push(prediction);
+        } else {
+            drop(records);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -154,7 +165,7 @@ impl Records {
     /// Wait until every record queued before this call is written (blocking).
     pub fn flush(&self) {
         let (done, written) = std::sync::mpsc::channel();
-        if self.queue.send(Message::Flush(done)).is_ok() {
+        if self.flushes.send(done).is_ok() {
             let _ = written.recv();
         }
     }
@@ -347,33 +358,26 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, messages: Receiver<Message>) {
-        let mut batch = Vec::new();
-        let mut waiting = Vec::new();
-        let mut last = Instant::now();
+    /// Every [`FLUSH_INTERVAL`], or at once when a flush is asked for, write what is pending;
+    /// stop once the records are dropped.
+    fn run(&mut self, pending: Arc<Pending>, flushes: Receiver<Sender<()>>) {
         loop {
-            let wait = FLUSH_INTERVAL.saturating_sub(last.elapsed());
-            let open = match messages.recv_timeout(wait) {
-                Ok(Message::Record(prediction)) => {
-                    batch.push(prediction);
-                    true
-                }
-                Ok(Message::Flush(done)) => {
+            let mut waiting = Vec::new();
+            let open = match flushes.recv_timeout(FLUSH_INTERVAL) {
+                Ok(done) => {
                     waiting.push(done);
                     true
                 }
                 Err(RecvTimeoutError::Timeout) => true,
                 Err(RecvTimeoutError::Disconnected) => false,
             };
-            let due = waiting.len() + batch.len() >= BATCH || last.elapsed() >= FLUSH_INTERVAL;
-            if due || !waiting.is_empty() || !open {
-                if let Err(e) = self.write(&mut batch) {
-                    tracing::error!(error = %format!("{e:#}"), "writing prediction records failed");
-                }
-                for done in waiting.drain(..) {
-                    let _ = done.send(());
-                }
-                last = Instant::now();
+            waiting.extend(flushes.try_iter());
+            let mut batch = std::mem::take(&mut *pending.records.lock().unwrap());
+            if let Err(e) = self.write(&mut batch) {
+                tracing::error!(error = %format!("{e:#}"), "writing prediction records failed");
+            }
+            for done in waiting {
+                let _ = done.send(());
             }
             if !open {
                 return;
