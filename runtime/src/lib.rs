@@ -10,6 +10,7 @@ pub mod bundled;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod experiment;
 pub mod http;
 pub mod nn;
 pub mod pipeline;

@@ -3,6 +3,7 @@
 
 mod batching;
 mod cli;
+mod experiments;
 mod faults;
 mod hostile;
 mod iris;

@@ -308,6 +308,7 @@ fn the_payload_log_samples_rotates_and_counts_what_it_drops() {
         id: Some("r1"),
         pipeline: "p",
         version: "1",
+        arm: None,
         status: 200,
         duration: std::time::Duration::from_micros(42),
         stages: &[],

@@ -54,6 +54,10 @@ pub struct PushArgs {
 pub struct DeployArgs {
     /// The manifest (pipeline.toml).
     pub manifest: PathBuf,
+    /// Deploy the new version without activating it: a candidate for `weir shadow` or
+    /// `weir canary`.
+    #[arg(long)]
+    pub candidate: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -74,6 +78,9 @@ pub struct SwapArgs {
     /// A new config for the stage, as a JSON object (replaces the old one whole).
     #[arg(long, value_name = "JSON")]
     pub config: Option<String>,
+    /// Swap even while an experiment is live on the pipeline (which ends it as superseded).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -84,6 +91,10 @@ pub struct RollbackArgs {
     pub pipeline: String,
     /// The version to serve again (see `weir versions`).
     pub version: u64,
+    /// Roll back even while an experiment is live on the pipeline (which ends it as
+    /// superseded).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -204,7 +215,14 @@ impl Client {
         )
     }
 
-    fn get(&self, what: &str, path: &str) -> anyhow::Result<Value> {
+    pub(super) fn put(&self, what: &str, path: &str, body: String) -> anyhow::Result<Value> {
+        self.send(
+            what,
+            self.http.put(format!("{}{path}", self.base)).body(body),
+        )
+    }
+
+    pub(super) fn get(&self, what: &str, path: &str) -> anyhow::Result<Value> {
         self.send(what, self.http.get(format!("{}{path}", self.base)))
     }
 }
@@ -270,11 +288,20 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         push_artifact_file(&client, &pipeline, "reference", &mut observe.reference)?;
     }
     let text = toml::to_string(&manifest)?;
-    report_change(&client.post(
-        &format!("deploying {pipeline}"),
-        "/v1/pipelines",
-        text.into(),
-    )?);
+    let path = match args.candidate {
+        true => "/v1/pipelines?candidate=true",
+        false => "/v1/pipelines",
+    };
+    let answer = client.post(&format!("deploying {pipeline}"), path, text.into())?;
+    if args.candidate {
+        let version = &answer["version"];
+        println!(
+            "{pipeline} version {version} is deployed as a candidate; the active version still \
+             serves (compare them: weir shadow {pipeline} --candidate {version})"
+        );
+    } else {
+        report_change(&answer);
+    }
     Ok(())
 }
 
@@ -306,7 +333,7 @@ pub fn swap(args: SwapArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--artifact '{entry}' must be KEY=NAME@VERSION"))?;
         artifacts.insert(key.to_owned(), json!(reference));
     }
-    let mut body = json!({ "stage": args.stage, "artifacts": artifacts });
+    let mut body = json!({ "stage": args.stage, "artifacts": artifacts, "force": args.force });
     if let Some(component) = &args.component {
         body["component"] = json!(component);
     }
@@ -324,7 +351,7 @@ pub fn swap(args: SwapArgs) -> anyhow::Result<()> {
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connection)?;
     let path = format!("/v1/pipelines/{}/rollback", args.pipeline);
-    let body = json!({ "version": args.version }).to_string();
+    let body = json!({ "version": args.version, "force": args.force }).to_string();
     report_change(&client.post(
         &format!("rolling back {}", args.pipeline),
         &path,

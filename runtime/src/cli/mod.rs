@@ -2,6 +2,7 @@
 //! [`serve`] runs the server, [`admin`] drives a running one through its management API.
 
 mod admin;
+mod experiment;
 mod feedback;
 mod profile;
 mod serve;
@@ -70,6 +71,19 @@ pub enum Command {
     /// rows). Prints how many matched, and how many were unknown ids, expired records,
     /// duplicates (the first truth wins) or did not fit.
     Feedback(feedback::FeedbackArgs),
+    /// Start a shadow experiment: a candidate version also runs a sample of requests, after
+    /// the active version answered them, and the answers are compared. Clients only ever get
+    /// the active version's answers.
+    Shadow(experiment::ShadowArgs),
+    /// Start a canary: a candidate version answers a share of requests, raised step by step
+    /// while the gates (error rate, p99 latency, quality) pass; promoted after the last step.
+    Canary(experiment::CanaryArgs),
+    /// Show a pipeline's experiment: state, step, both arms, agreement, last decision.
+    Experiment(experiment::ExperimentArgs),
+    /// Make the experiment's candidate the active version, and end the experiment.
+    Promote(experiment::EndArgs),
+    /// End the experiment: the candidate gets no more traffic; the active version stays.
+    Abort(experiment::EndArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +115,11 @@ pub fn main() -> ExitCode {
         Command::Status(args) => admin::status(args),
         Command::Profile(args) => profile::run(args),
         Command::Feedback(args) => feedback::run(args),
+        Command::Shadow(args) => experiment::shadow(args),
+        Command::Canary(args) => experiment::canary(args),
+        Command::Experiment(args) => experiment::status(args),
+        Command::Promote(args) => experiment::promote(args),
+        Command::Abort(args) => experiment::abort(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -46,12 +46,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Decode a JSON body whatever its Content-Type (the CLI and curl users rarely set one).
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::InvalidInput(format!("invalid JSON body: {e}")))
 }
 
 /// Run a management operation on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(work)
@@ -172,7 +172,18 @@ async fn list_pipelines(State(app): State<AppState>) -> Json<Value> {
 /// Deploy a manifest (TOML). Over HTTP it may name only stored components and artifacts:
 /// `weir deploy` pushes a manifest's files first, so the server never reads paths a client
 /// chose.
-async fn deploy(State(app): State<AppState>, body: Bytes) -> Result<Json<Value>, Error> {
+/// `POST /v1/pipelines?candidate=true` deploys without activating.
+#[derive(Deserialize)]
+struct DeployQuery {
+    #[serde(default)]
+    candidate: bool,
+}
+
+async fn deploy(
+    State(app): State<AppState>,
+    Query(query): Query<DeployQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| Error::InvalidInput("the manifest is not UTF-8".into()))?;
     let manifest = Manifest::parse(text, std::path::Path::new("/nonexistent"))
@@ -185,7 +196,11 @@ async fn deploy(State(app): State<AppState>, body: Bytes) -> Result<Json<Value>,
         ));
     }
     let registry = app.registry.clone();
-    let change = blocking(move || registry.deploy(&manifest)).await?;
+    let change = blocking(move || match query.candidate {
+        true => registry.deploy_candidate(&manifest),
+        false => registry.deploy(&manifest),
+    })
+    .await?;
     Ok(Json(json!(change)))
 }
 
@@ -240,6 +255,9 @@ async fn drift(
 #[derive(Deserialize)]
 struct Rollback {
     version: u64,
+    /// Even while an experiment is live (which ends it as superseded).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn rollback(
@@ -249,7 +267,8 @@ async fn rollback(
 ) -> Result<Json<Value>, Error> {
     let rollback: Rollback = json_body(&body)?;
     let registry = app.registry.clone();
-    let change = blocking(move || registry.rollback(&name, rollback.version)).await?;
+    let change =
+        blocking(move || registry.rollback(&name, rollback.version, rollback.force)).await?;
     Ok(Json(json!(change)))
 }
 

@@ -15,10 +15,13 @@ use serde_json::{Value, json};
 use super::admission::BodyReservation;
 use super::{App, AppState, body};
 use crate::error::Error;
+use crate::experiment::settings::Mode;
+use crate::experiment::{Arm, Experiment, ShadowRequest};
 use crate::pipeline::manifest::TensorSpec;
 use crate::pipeline::{Pipeline, Trace};
 use crate::protocol;
 use crate::stages::log;
+use crate::tensor::Batch;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -162,13 +165,27 @@ async fn infer_route(
     HeaderLength(header_length): HeaderLength,
     request: Request,
 ) -> Result<Response, Error> {
-    let pipeline = pipeline(&app, &path)?;
+    let active = pipeline(&app, &path)?;
+    // The versioned routes bypass experiments.
+    let experiment = match path.version {
+        None => app.registry.experiments().live(&path.model),
+        Some(_) => None,
+    };
+    let route_key = experiment.as_ref().and_then(|e| {
+        let value = request.headers().get(e.route_header().as_str())?;
+        value.to_str().ok().map(str::to_owned)
+    });
     let started = Instant::now();
     let mut trace = Trace::default();
     let mut reservation = app.admission.reserve_body();
+    let routing = Routing {
+        experiment: experiment.as_ref(),
+        key: route_key,
+    };
     let result = admit_and_infer(
         &app,
-        &pipeline,
+        &active,
+        routing,
         request,
         header_length.as_deref(),
         &mut reservation,
@@ -177,10 +194,21 @@ async fn infer_route(
     .await;
     let status = result.as_ref().map_or_else(Error::status, |_| 200);
     let error = result.as_ref().err().map(ToString::to_string);
+    // Who answered: in a canary, the arm the request was routed to.
+    let pipeline = match (&experiment, trace.arm) {
+        (Some(experiment), Some(Arm::Candidate)) => experiment.candidate().clone(),
+        _ => active.clone(),
+    };
+    if let (Some(experiment), Some(arm)) = (&experiment, trace.arm) {
+        experiment.count(arm, status < 500, started.elapsed().as_secs_f64());
+        app.metrics
+            .record_experiment(&pipeline.name, arm.name(), status);
+    }
     let record = log::RequestRecord {
         id: trace.request_id.as_deref(),
         pipeline: &pipeline.name,
         version: &pipeline.version,
+        arm: trace.arm.map(Arm::name),
         status,
         duration: started.elapsed(),
         stages: &trace.stages,
@@ -214,6 +242,13 @@ async fn infer_route(
     })
 }
 
+/// The experiment a request to the model route meets, if any, and its routing key.
+struct Routing<'a> {
+    experiment: Option<&'a Arc<Experiment>>,
+    /// The routing header's value, if sent.
+    key: Option<String>,
+}
+
 /// Admit the request, then read its body, then answer it when its turn comes. Nothing is
 /// buffered before the request has a place: a body over the limit is refused from its
 /// declared length, and the body's bytes are reserved from the server's budget as they
@@ -221,6 +256,7 @@ async fn infer_route(
 async fn admit_and_infer(
     app: &App,
     pipeline: &Arc<Pipeline>,
+    routing: Routing<'_>,
     request: Request,
     header_length: Option<&str>,
     reservation: &mut BodyReservation<'_>,
@@ -234,13 +270,35 @@ async fn admit_and_infer(
     // Stages run right here on the async worker, as many at once as admission allows (a
     // batching pipeline's, in its batch runner's task); a stage that computes for long yields
     // at every epoch tick, so it does not hold the worker.
-    let work = infer(
-        pipeline,
-        &body,
-        header_length,
-        app.limits.max_response_bytes,
-        trace,
-    );
+    let work = async {
+        let request = decode(pipeline, &body, header_length)?;
+        let Some(experiment) = routing.experiment else {
+            return Ok(
+                respond(pipeline, request, app.limits.max_response_bytes, trace)
+                    .await?
+                    .0,
+            );
+        };
+        let key = routing.key.as_deref().or(request.id.as_deref());
+        let routed = experiment.route(key);
+        let (answering, arm) = match (experiment.mode(), routed) {
+            (Mode::Canary, Arm::Candidate) => (experiment.candidate(), Arm::Candidate),
+            _ => (pipeline, Arm::Active),
+        };
+        trace.arm = Some(arm);
+        let limit = app.limits.max_response_bytes;
+        let (response, outputs) = respond(answering, request, limit, trace).await?;
+        if experiment.mode() == Mode::Shadow && routed == Arm::Candidate {
+            let copy = ShadowRequest {
+                body: body.clone(),
+                header_length: header_length.map(str::to_owned),
+                id: trace.request_id.clone(),
+                active: outputs.tensors,
+            };
+            (app.registry.experiments()).shadow(experiment, copy, app.admission.under_pressure());
+        }
+        Ok(response)
+    };
     let response = if pipeline.batches() {
         ticket.run_batched(work).await
     } else {
@@ -278,8 +336,30 @@ pub async fn infer(
     max_response_bytes: usize,
     trace: &mut Trace,
 ) -> Result<protocol::Response, Error> {
+    let request = decode(pipeline, body, header_length)?;
+    Ok(respond(pipeline, request, max_response_bytes, trace)
+        .await?
+        .0)
+}
+
+/// Decode a V2 request body within `pipeline`'s element limit.
+fn decode(
+    pipeline: &Pipeline,
+    body: &[u8],
+    header_length: Option<&str>,
+) -> Result<protocol::Request, Error> {
     let limits = &pipeline.spec.limits;
-    let mut request = protocol::decode_request(body, header_length, limits.max_tensor_elements)?;
+    protocol::decode_request(body, header_length, limits.max_tensor_elements)
+}
+
+/// Run a decoded request through `pipeline` and encode its answer; the answer, and every
+/// output the pipeline made (for a shadow's comparison).
+async fn respond(
+    pipeline: &Arc<Pipeline>,
+    mut request: protocol::Request,
+    max_response_bytes: usize,
+    trace: &mut Trace,
+) -> Result<(protocol::Response, Batch), Error> {
     if request.id.is_none() {
         request.id = pipeline.new_request_id();
     }
@@ -288,11 +368,12 @@ pub async fn infer(
         .infer(std::mem::take(&mut request.batch), trace)
         .await?;
     let outputs = protocol::select_outputs(&batch.tensors, &request)?;
-    protocol::encode_response(
+    let response = protocol::encode_response(
         &pipeline.name,
         &pipeline.version,
         request.id.as_deref(),
         &outputs,
         max_response_bytes,
-    )
+    )?;
+    Ok((response, batch))
 }

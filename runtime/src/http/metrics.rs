@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use super::AppState;
 use super::connections::ConnectionMetrics;
+use crate::experiment::State as ExperimentState;
 use crate::pipeline::Trace;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +66,31 @@ struct MetricLabels {
     metric: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabels {
+    pipeline: String,
+    arm: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputLabels {
+    pipeline: String,
+    output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    pipeline: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    pipeline: String,
+    state: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 25 µs to about 13 s: Weir's stages take microseconds, a client's
@@ -90,6 +116,10 @@ pub struct Metrics {
     alerts_raised: Counter,
     alerts_delivered: Counter,
     alerts_failed: Counter,
+    experiment_requests: Family<ArmLabels, Counter>,
+    experiment_agreement: Family<OutputLabels, Gauge<f64, AtomicU64>>,
+    shadow_dropped: Family<ReasonLabels, Counter>,
+    experiment_state: Family<StateLabels, Gauge>,
     in_flight: Gauge,
     instances: Gauge,
     instance_capacity: Gauge,
@@ -213,6 +243,30 @@ impl Default for Metrics {
             "alerts_failed",
             "Alerts not delivered to the webhook after every retry, or dropped from its full queue",
         );
+        let experiment_requests = Family::default();
+        registry.register(
+            "experiment_requests",
+            "Requests of a pipeline with a live experiment, by the arm that answered and status",
+            experiment_requests.clone(),
+        );
+        let experiment_agreement = Family::default();
+        registry.register(
+            "experiment_agreement",
+            "Share of compared elements or rows on which a shadow candidate's output agrees",
+            experiment_agreement.clone(),
+        );
+        let shadow_dropped = Family::default();
+        registry.register(
+            "shadow_dropped",
+            "Shadow copies not run: the queue was full, or requests were waiting for a turn",
+            shadow_dropped.clone(),
+        );
+        let experiment_state = Family::default();
+        registry.register(
+            "experiment_state",
+            "1 for the state each pipeline's experiment is in (running, paused, promoted, aborted)",
+            experiment_state.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "requests_in_flight",
@@ -265,6 +319,10 @@ impl Default for Metrics {
             alerts_raised,
             alerts_delivered,
             alerts_failed,
+            experiment_requests,
+            experiment_agreement,
+            shadow_dropped,
+            experiment_state,
             in_flight,
             instances,
             instance_capacity,
@@ -275,6 +333,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Count a request of a pipeline with a live experiment, by the arm that answered.
+    pub fn record_experiment(&self, pipeline: &str, arm: &str, code: u16) {
+        let labels = ArmLabels {
+            pipeline: pipeline.to_owned(),
+            arm: arm.to_owned(),
+            code,
+        };
+        self.experiment_requests.get_or_create(&labels).inc();
+    }
+
     /// Record one answered inference request.
     pub fn record(&self, pipeline: &str, version: &str, code: u16, seconds: f64, trace: &Trace) {
         if code != 200 {
@@ -401,6 +469,34 @@ pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
     catch_up(&metrics.alerts_raised, alerts.raised.load(Relaxed));
     catch_up(&metrics.alerts_delivered, alerts.delivered.load(Relaxed));
     catch_up(&metrics.alerts_failed, alerts.failed.load(Relaxed));
+    for experiment in app.registry.experiments().all() {
+        let pipeline = &experiment.pipeline;
+        for (output, share) in experiment.agreement() {
+            let labels = OutputLabels {
+                pipeline: pipeline.clone(),
+                output,
+            };
+            metrics
+                .experiment_agreement
+                .get_or_create(&labels)
+                .set(share);
+        }
+        for (reason, dropped) in experiment.dropped() {
+            let labels = ReasonLabels {
+                pipeline: pipeline.clone(),
+                reason: reason.to_owned(),
+            };
+            catch_up(&metrics.shadow_dropped.get_or_create(&labels), dropped);
+        }
+        let current = experiment.state();
+        for state in ExperimentState::ALL {
+            let labels = StateLabels {
+                pipeline: pipeline.clone(),
+                state: state.name().to_owned(),
+            };
+            (metrics.experiment_state.get_or_create(&labels)).set(i64::from(state == current));
+        }
+    }
     for (pipeline, report) in quality.reports() {
         let version = report.version.to_string();
         for (metric, value) in &report.metrics {

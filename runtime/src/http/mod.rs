@@ -6,6 +6,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod connections;
+pub mod experiments;
 pub mod feedback;
 pub mod inference;
 pub mod metrics;
@@ -87,10 +88,9 @@ impl std::ops::Deref for AppState {
 /// The router for every route this server answers.
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
-    let admin = admin::routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_admin,
-    ));
+    let admin = admin::routes().merge(experiments::routes()).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), auth::require_admin),
+    );
     inference::routes(&state)
         .merge(feedback::routes(&state))
         .merge(admin)
@@ -112,7 +112,20 @@ pub async fn serve(
     grace: Duration,
 ) {
     let metrics = state.metrics.connections.clone();
+    let checks = tokio::spawn(check_experiments(state.registry.clone()));
     connections::serve(listener, router(state), limits, metrics, shutdown, grace).await;
+    checks.abort();
+}
+
+/// Every second, judge the experiments whose interval is over (on the blocking pool: a check
+/// may promote, which warms up a version and writes the store).
+async fn check_experiments(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let registry = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.check_experiments()).await;
+    }
 }
 
 /// Errors that axum's extractors and layers answer (a path segment that does not parse, a

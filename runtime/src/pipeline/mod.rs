@@ -56,6 +56,8 @@ pub struct Trace {
     /// Set on the first request of each batch a batching pipeline ran: how many requests the
     /// batch served.
     pub batch_size: Option<usize>,
+    /// The arm of the pipeline's live experiment that answered, if one is live.
+    pub arm: Option<crate::experiment::Arm>,
 }
 
 impl Pipeline {

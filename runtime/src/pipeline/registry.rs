@@ -5,7 +5,7 @@
 //! started on; a failure at any step leaves the old version serving.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
@@ -21,6 +21,8 @@ use crate::bundled;
 use crate::engine::Engine;
 use crate::engine::host::StageKind;
 use crate::error::Error;
+use crate::experiment::settings::Settings;
+use crate::experiment::{Experiment, Experiments, State};
 use crate::quality::Quality;
 use crate::quality::records::RecordBounds;
 use crate::stages::drift::DriftReport;
@@ -39,6 +41,8 @@ pub struct Registry {
     store: Arc<Store>,
     /// The quality monitors and prediction records, and where alerts go.
     quality: Arc<Quality>,
+    /// Each pipeline's experiment (made once the versions are loaded).
+    experiments: OnceLock<Experiments>,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     /// Changes (deploy, swap, rollback, load, unload) happen one at a time.
     changes: Mutex<()>,
@@ -66,6 +70,9 @@ pub struct Swap {
     pub artifacts: BTreeMap<String, String>,
     /// A new config for the stage (replaces the old one whole).
     pub config: Option<Map<String, Value>>,
+    /// Swap even while an experiment is live (which ends it as superseded).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A pipeline's serving state, for status routes.
@@ -107,6 +114,7 @@ impl Registry {
             engine,
             store,
             quality,
+            experiments: OnceLock::new(),
             slots: RwLock::default(),
             changes: Mutex::new(()),
         };
@@ -151,6 +159,10 @@ impl Registry {
             }
             registry.slots.write().unwrap().insert(record.name, slot);
         }
+        let experiments = Experiments::open(registry.store.clone(), |name, version| {
+            registry.get(name, Some(&version.to_string())).ok()
+        })?;
+        let _ = registry.experiments.set(experiments);
         Ok(registry)
     }
 
@@ -167,6 +179,13 @@ impl Registry {
     /// The quality monitors.
     pub fn quality(&self) -> &Arc<Quality> {
         &self.quality
+    }
+
+    /// The experiments.
+    pub fn experiments(&self) -> &Experiments {
+        self.experiments
+            .get()
+            .expect("set when the registry opened")
     }
 
     fn slot(&self, name: &str) -> Result<Arc<Slot>, Error> {
@@ -286,9 +305,19 @@ impl Registry {
         slot.is_some_and(|s| s.versions.read().unwrap().values().any(|p| p.spec == *spec))
     }
 
-    /// Replace parts of one stage of `name`'s active version, as the next version.
+    /// Deploy `manifest` as the next version without activating it: a candidate for an
+    /// experiment (always a new version, even when it equals the active one).
+    pub fn deploy_candidate(&self, manifest: &Manifest) -> Result<Change, Error> {
+        let _change = self.changes.lock().unwrap();
+        let spec = spec::resolve(manifest, &self.engine, &self.store).map_err(Error::refused)?;
+        self.add_spec(spec, false)
+    }
+
+    /// Replace parts of one stage of `name`'s active version, as the next version. Refused
+    /// while an experiment is live, unless forced.
     pub fn swap(&self, name: &str, swap: &Swap) -> Result<Change, Error> {
         let _change = self.changes.lock().unwrap();
+        self.experiments().guard(name, swap.force)?;
         let active = self.get(name, None)?;
         let mut spec = active.spec.clone();
         let stage = spec.stage_mut(swap.stage).ok_or_else(|| {
@@ -313,11 +342,75 @@ impl Registry {
         self.activate_spec(spec)
     }
 
-    /// Make retained `version` of `name` the active one again.
-    pub fn rollback(&self, name: &str, version: u64) -> Result<Change, Error> {
+    /// Make retained `version` of `name` the active one again. Refused while an experiment is
+    /// live, unless `force`.
+    pub fn rollback(&self, name: &str, version: u64, force: bool) -> Result<Change, Error> {
         let _change = self.changes.lock().unwrap();
         let pipeline = self.get(name, Some(&version.to_string()))?;
+        self.experiments().guard(name, force)?;
         self.activate(name, pipeline)
+    }
+
+    /// Start an experiment of `name`'s active version against retained version
+    /// `settings.candidate`.
+    pub fn start_experiment(
+        &self,
+        name: &str,
+        settings: Settings,
+    ) -> Result<Arc<Experiment>, Error> {
+        let _change = self.changes.lock().unwrap();
+        let active = self.get(name, None)?;
+        let candidate = self.get(name, Some(&settings.candidate.to_string()))?;
+        (self.experiments()).start(name, active.number, candidate, settings)
+    }
+
+    /// Promote `name`'s experiment: its candidate becomes the active version, and the
+    /// experiment ends, in one store transaction. Promoting a promoted one changes nothing.
+    pub fn promote(&self, name: &str, reason: &str) -> Result<Arc<Experiment>, Error> {
+        let _change = self.changes.lock().unwrap();
+        let experiment = self.experiments().get(name)?;
+        match experiment.state() {
+            State::Promoted => return Ok(experiment),
+            State::Aborted => {
+                return Err(Error::Conflict(format!(
+                    "pipeline '{name}''s experiment was aborted: start a new one to promote"
+                )));
+            }
+            State::Running | State::Paused => {}
+        }
+        let candidate = experiment.candidate().clone();
+        candidate.warm_up().map_err(|e| {
+            Error::InvalidInput(format!("the candidate failed its warm-up call: {e}"))
+        })?;
+        let version = candidate.number;
+        (self.experiments()).end(&experiment, State::Promoted, reason, Some(version))?;
+        self.slot(name)?.active.store(Some(candidate));
+        tracing::info!(
+            pipeline = name,
+            version,
+            "promoted the experiment's candidate"
+        );
+        Ok(experiment)
+    }
+
+    /// Abort `name`'s experiment: the candidate gets no more traffic; the active version is
+    /// untouched. Aborting an ended one changes nothing.
+    pub fn abort(&self, name: &str) -> Result<Arc<Experiment>, Error> {
+        let _change = self.changes.lock().unwrap();
+        let experiment = self.experiments().get(name)?;
+        if matches!(experiment.state(), State::Running | State::Paused) {
+            (self.experiments()).end(&experiment, State::Aborted, "aborted by hand", None)?;
+        }
+        Ok(experiment)
+    }
+
+    /// Judge the experiments whose interval is over, and promote those that passed.
+    pub fn check_experiments(&self) {
+        for experiment in self.experiments().check(&self.quality) {
+            if let Err(e) = self.promote(&experiment.pipeline, "passed every step") {
+                tracing::error!(pipeline = %experiment.pipeline, "promoting failed: {e}");
+            }
+        }
     }
 
     /// Stop serving `name` (its versions stay stored); V2 repository `unload`.
@@ -358,6 +451,12 @@ impl Registry {
                 created: false,
             });
         }
+        self.add_spec(spec, true)
+    }
+
+    /// Load, warm up and record `spec` as the next version, and activate it if `activate`.
+    fn add_spec(&self, spec: PipelineSpec, activate: bool) -> Result<Change, Error> {
+        let slot = self.slots.read().unwrap().get(&spec.name).cloned();
         let next = self
             .store
             .versions(&spec.name)
@@ -382,7 +481,7 @@ impl Registry {
                 &spec.name,
                 &spec_json(&spec)?,
                 &pins.iter().collect::<Vec<_>>(),
-                true,
+                activate,
             )
             .map_err(Error::refused)?;
         debug_assert_eq!(
@@ -401,8 +500,12 @@ impl Registry {
             .write()
             .unwrap()
             .insert(version, pipeline.clone());
-        slot.active.store(Some(pipeline));
-        tracing::info!(pipeline = %spec.name, version, "activated new version");
+        if activate {
+            slot.active.store(Some(pipeline));
+            tracing::info!(pipeline = %spec.name, version, "activated new version");
+        } else {
+            tracing::info!(pipeline = %spec.name, version, "added a candidate version");
+        }
         Ok(Change {
             pipeline: spec.name,
             version,

@@ -258,6 +258,43 @@ impl Quality {
             .collect()
     }
 
+    /// The quality gate of an experiment: whether version `candidate` of `pipeline` is worse
+    /// than version `active` by more than a baselined metric's warn drop (the reason, or
+    /// `None`); `None` outside when either has no monitor or too little truth to judge.
+    pub fn compare(&self, pipeline: &str, active: u64, candidate: u64) -> Option<Option<String>> {
+        let monitor = |version| {
+            let monitors = self.monitors.lock().unwrap();
+            monitors.get(&(pipeline.to_owned(), version)).cloned()
+        };
+        let (active, candidate) = (monitor(active)?, monitor(candidate)?);
+        let (scores_a, _, status_a) = active.judged();
+        let (scores_c, _, status_c) = candidate.judged();
+        if status_a == Status::Insufficient || status_c == Status::Insufficient {
+            return None;
+        }
+        let config = &candidate.config;
+        for (metric, baseline) in &config.baseline {
+            let name = metric.name();
+            let (Some(a), Some(c)) = (scores_a.metrics.get(name), scores_c.metrics.get(name))
+            else {
+                continue;
+            };
+            let worse = if metric.higher_is_better() {
+                a - c
+            } else {
+                c - a
+            };
+            let (warn, _) = config.drops(*metric, *baseline);
+            if worse > warn {
+                return Some(Some(format!(
+                    "the candidate's {name} {c:.4} is worse than the active version's {a:.4} \
+                     by more than {warn}"
+                )));
+            }
+        }
+        Some(None)
+    }
+
     /// Whether some version of `pipeline` has a quality monitor.
     pub fn watches(&self, pipeline: &str) -> bool {
         let monitors = self.monitors.lock().unwrap();

@@ -37,6 +37,8 @@ pub struct RequestRecord<'a> {
     pub id: Option<&'a str>,
     pub pipeline: &'a str,
     pub version: &'a str,
+    /// The experiment arm that answered (`active`, `candidate`), when one is live.
+    pub arm: Option<&'static str>,
     pub status: u16,
     pub duration: Duration,
     pub stages: &'a [(&'static str, Duration)],
@@ -53,13 +55,13 @@ pub fn request(r: &RequestRecord) {
     match r.error {
         None => tracing::info!(
             target: "weir::request",
-            id, pipeline = r.pipeline, version = r.version, status = r.status, duration_us,
-            stages = %stages, "request"
+            id, pipeline = r.pipeline, version = r.version, arm = r.arm, status = r.status,
+            duration_us, stages = %stages, "request"
         ),
         Some(error) => tracing::warn!(
             target: "weir::request",
-            id, pipeline = r.pipeline, version = r.version, status = r.status, duration_us,
-            stages = %stages, error = %clip(error, MAX_ERROR_CHARS), "request failed"
+            id, pipeline = r.pipeline, version = r.version, arm = r.arm, status = r.status,
+            duration_us, stages = %stages, error = %clip(error, MAX_ERROR_CHARS), "request failed"
         ),
     }
 }

@@ -119,6 +119,10 @@ CREATE TABLE IF NOT EXISTS command_line_specs (
     pipeline TEXT PRIMARY KEY,
     spec TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS experiments (
+    pipeline TEXT PRIMARY KEY REFERENCES pipelines(name),
+    record TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -344,6 +348,36 @@ impl Store {
         set_active(&tx, pipeline, version)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Record `pipeline`'s experiment (JSON), and when `activate` is given make that version
+    /// active: one transaction, so a promotion is never half done.
+    pub fn set_experiment(
+        &self,
+        pipeline: &str,
+        record: &str,
+        activate: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if let Some(version) = activate {
+            set_active(&tx, pipeline, Some(version))?;
+        }
+        tx.execute(
+            "INSERT INTO experiments (pipeline, record) VALUES (?1, ?2) \
+             ON CONFLICT (pipeline) DO UPDATE SET record = excluded.record",
+            params![pipeline, record],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every pipeline's last experiment (JSON).
+    pub fn experiments(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let db = self.db();
+        let mut statement = db.prepare("SELECT pipeline, record FROM experiments")?;
+        let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every pipeline with its active version.
