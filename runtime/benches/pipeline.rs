@@ -5,7 +5,7 @@
 //! merged into batches (`[batching]`), against plain Rust answering the 64 in turn. Then the
 //! cost of `[quality]` on the request path: the same pipeline with and without it, on requests
 //! without an id (so each gets one made, and its prediction recorded), and what it adds to the
-//! request's own path alone.
+//! request's own path alone; and a shadow's comparison of two answers to one request.
 //!
 //! `cargo bench -p weir --bench pipeline`; the ratio weir/plain is the figure that counts.
 
@@ -257,6 +257,20 @@ fn bench(c: &mut Criterion) {
     group.finish();
     let (dropped, _) = registry.quality().record_counts();
     assert_eq!(dropped, 0, "every record timed was kept");
+
+    // A shadow's comparison of one request pair: iris's label and probabilities, one row and
+    // 64 rows.
+    let one = outputs.tensors.clone();
+    let many = block_on(bare.infer(inputs.clone(), &mut Trace::default()))
+        .unwrap()
+        .tensors;
+    let mut group = c.benchmark_group("shadow_compare");
+    for (name, tensors) in [("one_row", &one), ("64_rows", &many)] {
+        group.bench_function(name, |b| {
+            b.iter(|| weir::experiment::compare::compare(tensors, tensors, 1e-6))
+        });
+    }
+    group.finish();
 }
 
 /// The batch of a V2 request's inputs.

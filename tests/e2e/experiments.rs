@@ -76,7 +76,11 @@ fn wait_for(server: &TestServer, pipeline: &str, done: impl Fn(&Value) -> bool) 
 #[test]
 fn an_a_a_shadow_agrees_everywhere_and_a_swapped_label_map_disagrees_where_expected() {
     let server = TestServer::start(&[iris()]);
-    start(&server, "iris", json!({ "mode": "shadow", "candidate": 1 }));
+    start(
+        &server,
+        "iris",
+        json!({ "mode": "shadow", "candidate": 1, "shadow_share": 1.0 }),
+    );
     let rows = iris_rows();
     for (row, _) in &rows {
         assert_eq!(classify(&server, row, None)["model_version"], "1");
@@ -106,7 +110,11 @@ fn an_a_a_shadow_agrees_everywhere_and_a_swapped_label_map_disagrees_where_expec
         1,
         "a candidate is not active"
     );
-    start(&server, "iris", json!({ "mode": "shadow", "candidate": 2 }));
+    start(
+        &server,
+        "iris",
+        json!({ "mode": "shadow", "candidate": 2, "shadow_share": 1.0 }),
+    );
     for (row, _) in &rows {
         let answer = classify(&server, row, None);
         assert_eq!(
@@ -154,7 +162,7 @@ fn a_candidate_that_fails_on_some_rows_never_reaches_shadow_clients_and_aborts_a
     start(
         &server,
         "f",
-        json!({ "mode": "shadow", "candidate": 2, "interval_seconds": 1, "gates": fast }),
+        json!({ "mode": "shadow", "candidate": 2, "interval_seconds": 1, "shadow_share": 1.0, "gates": fast }),
     );
     for i in 0..40 {
         let (status, answer) = send(if i % 2 == 0 { 1.0 } else { -1.0 });

@@ -11,8 +11,7 @@ pub mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::pipeline::{Pipeline, Trace};
+use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::tensor::{Datatype, Tensor};
 use settings::{Mode, Settings};
@@ -29,6 +28,9 @@ use window::{Verdict, Window};
 
 /// Shadow copies waiting for the shadow thread; beyond this they are dropped and counted.
 const SHADOW_QUEUE: usize = 64;
+
+/// How often an idle shadow thread looks for copies.
+const POLL: Duration = Duration::from_millis(2);
 
 /// Disagreeing request pairs kept for a person to read.
 const KEPT_DISAGREEMENTS: usize = 20;
@@ -147,11 +149,13 @@ struct ShadowJob {
     active: Vec<Tensor>,
 }
 
-/// Every pipeline's experiment, and the shadow thread.
+/// Every pipeline's experiment, and the shadow thread's queue.
 pub struct Experiments {
     store: Arc<Store>,
     running: RwLock<BTreeMap<String, Arc<Experiment>>>,
-    shadows: SyncSender<ShadowJob>,
+    /// Shadow copies waiting. A request pushes under a short lock and never wakes the shadow
+    /// thread, which polls (a wake per copy cost the request path more than the copy's run).
+    shadows: Arc<Mutex<VecDeque<ShadowJob>>>,
 }
 
 impl Experiments {
@@ -161,7 +165,8 @@ impl Experiments {
         store: Arc<Store>,
         load: impl Fn(&str, u64) -> Option<Arc<Pipeline>>,
     ) -> anyhow::Result<Experiments> {
-        let (shadows, jobs) = sync_channel(SHADOW_QUEUE);
+        let shadows = Arc::new(Mutex::new(VecDeque::new()));
+        let jobs = Arc::downgrade(&shadows);
         std::thread::Builder::new()
             .name("weir-shadow".into())
             .spawn(move || run_shadows(jobs))?;
@@ -319,18 +324,9 @@ impl Experiments {
         promote
     }
 
-    /// Queue a shadow run of the request `body` for `experiment`'s candidate, unless the
-    /// queue is full or the server `under_pressure`; drops are counted by reason.
-    pub fn shadow(
-        &self,
-        experiment: &Arc<Experiment>,
-        request: ShadowRequest,
-        under_pressure: bool,
-    ) {
-        if under_pressure {
-            experiment.dropped_pressure.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+    /// Queue a shadow run of the request for `experiment`'s candidate; dropped and counted
+    /// when the queue is full (or, when its turn comes, if the server is busy).
+    pub fn shadow(&self, experiment: &Arc<Experiment>, request: ShadowRequest) {
         let job = ShadowJob {
             experiment: experiment.clone(),
             body: request.body,
@@ -338,7 +334,11 @@ impl Experiments {
             id: request.id,
             active: request.active,
         };
-        if self.shadows.try_send(job).is_err() {
+        let mut queue = self.shadows.lock().unwrap();
+        if queue.len() < SHADOW_QUEUE {
+            queue.push_back(job);
+        } else {
+            drop(queue);
             experiment.dropped_full.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -606,52 +606,60 @@ impl Experiment {
             .collect()
     }
 
-    /// Count a shadow run that took `seconds` and, when it answered, its comparison.
+    /// Count a shadow run that took `seconds` and, when it answered, its comparison. Locks
+    /// are held only to add: this runs on the low-priority shadow thread, which must not keep
+    /// a lock the request path waits for while the scheduler runs others.
     fn count_shadow(&self, job: &ShadowJob, seconds: f64, outputs: Option<Vec<Tensor>>) {
         let tolerance = self.record.lock().unwrap().settings.gates.tolerance;
-        let compared = outputs
-            .as_ref()
-            .map(|o| compare::compare(&job.active, o, tolerance));
+        let compared = (outputs.as_ref()).map(|o| compare::compare(&job.active, o, tolerance));
+        let example = (compared.as_ref())
+            .zip(outputs.as_deref())
+            .and_then(|(compared, outputs)| disagreement(job, compared, outputs));
         let mut guard = self.seen.lock().unwrap();
         let seen = &mut *guard;
         for window in [&mut seen.interval, &mut seen.total] {
             window.candidate.add(outputs.is_some(), seconds);
             for (output, agreement) in compared.iter().flatten() {
-                window
-                    .agreement
-                    .entry(output.clone())
-                    .or_default()
-                    .merge(agreement);
+                let total = window.agreement.entry(output.clone()).or_default();
+                total.merge(agreement);
             }
         }
-        let (Some(compared), Some(outputs)) = (compared, outputs) else {
-            return;
-        };
-        let differing: Vec<&String> = (compared.iter())
-            .filter(|(_, a)| a.agreed < a.compared)
-            .map(|(output, _)| output)
-            .collect();
-        if differing.is_empty() {
-            return;
+        if let Some(example) = example {
+            if seen.disagreements.len() == KEPT_DISAGREEMENTS {
+                seen.disagreements.pop_front();
+            }
+            seen.disagreements.push_back(example);
         }
-        let show = |tensors: &[Tensor]| -> Value {
-            (tensors.iter())
-                .filter(|t| differing.contains(&&t.name))
-                .map(|t| (t.name.clone(), shown(t)))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
-        };
-        let example = json!({
-            "id": job.id,
-            "request": request_shown(&job.body, job.header_length.is_some()),
-            "active": show(&job.active),
-            "candidate": show(&outputs),
-        });
-        if seen.disagreements.len() == KEPT_DISAGREEMENTS {
-            seen.disagreements.pop_front();
-        }
-        seen.disagreements.push_back(example);
     }
+}
+
+/// A disagreeing pair as a person reads it: the request, and both versions' outputs that
+/// differ; `None` when they agree everywhere.
+fn disagreement(
+    job: &ShadowJob,
+    compared: &BTreeMap<String, compare::Agreement>,
+    outputs: &[Tensor],
+) -> Option<Value> {
+    let differing: Vec<&String> = (compared.iter())
+        .filter(|(_, a)| a.agreed < a.compared)
+        .map(|(output, _)| output)
+        .collect();
+    if differing.is_empty() {
+        return None;
+    }
+    let show = |tensors: &[Tensor]| -> Value {
+        (tensors.iter())
+            .filter(|t| differing.contains(&&t.name))
+            .map(|t| (t.name.clone(), shown(t)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    Some(json!({
+        "id": job.id,
+        "request": request_shown(&job.body, job.header_length.is_some()),
+        "active": show(&job.active),
+        "candidate": show(outputs),
+    }))
 }
 
 fn push_history(record: &mut Record, outcome: &str, reason: &str, step: usize) {
@@ -695,23 +703,126 @@ fn request_shown(body: &Bytes, binary: bool) -> Value {
     serde_json::from_slice(body).unwrap_or_else(|_| json!({ "bytes": body.len() }))
 }
 
-/// The shadow thread: runs queued copies one at a time on its own runtime, at the lowest CPU
-/// priority, so the active version's requests go first.
-fn run_shadows(jobs: Receiver<ShadowJob>) {
-    lower_priority();
+/// How often the shadow thread measures how busy the rest of the server is.
+const LOAD_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The shadow thread: runs queued copies one at a time on its own runtime. While the rest of
+/// the server keeps more than half the cores busy it keeps to the experiment's `shadow_share`
+/// of a core,
+/// skipping (and counting) the copies beyond it, so the active version's requests keep the
+/// cores; otherwise it runs all it can. Requests in flight were no measure: under load the
+/// shadow thread's own work kept them waiting in sockets, unadmitted, and it took a core. (Running the thread at a low CPU priority instead let it be descheduled while
+/// holding locks the requests need, in wasmtime's pool or the kernel's memory map: p99 at
+/// c=8 went from 2 to 70–150 ms.)
+fn run_shadows(jobs: Weak<Mutex<VecDeque<ShadowJob>>>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("the shadow thread's runtime");
-    for job in jobs {
+    let mut budget = Budget::default();
+    let mut load = Load::default();
+    // Until the experiments are dropped (a test's server), polling every 2 ms when idle.
+    while let Some(queue) = jobs.upgrade() {
+        let next = queue.lock().unwrap().pop_front();
+        drop(queue);
+        let Some(job) = next else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        let share = (job.experiment.record.lock().unwrap())
+            .settings
+            .shadow_share;
+        if share < 1.0 && load.busy() && budget.spent(share) {
+            job.experiment
+                .dropped_pressure
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let started = Instant::now();
         let outputs = runtime.block_on(shadow_outputs(&job));
+        budget.spend(started.elapsed());
         let seconds = started.elapsed().as_secs_f64();
         job.experiment.count_shadow(&job, seconds, outputs.ok());
     }
 }
 
-/// The candidate's declared outputs for the job's request (recorded by no quality monitor).
+/// How busy the rest of the process keeps the cores: its CPU time, less the shadow thread's,
+/// over the last [`LOAD_SAMPLE`].
+struct Load {
+    since: Instant,
+    process: Duration,
+    own: Duration,
+    busy: bool,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            since: Instant::now(),
+            process: cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID),
+            own: cpu_time(libc::CLOCK_THREAD_CPUTIME_ID),
+            busy: false,
+        }
+    }
+}
+
+impl Load {
+    /// Whether the rest of the server used more than half the cores over the last sample.
+    fn busy(&mut self) -> bool {
+        let elapsed = self.since.elapsed();
+        if elapsed >= LOAD_SAMPLE {
+            let now = Load::default();
+            let others = (now.process - self.process).saturating_sub(now.own - self.own);
+            let cores = crate::cores() as f64;
+            let busy = others.as_secs_f64() > 0.5 * cores * elapsed.as_secs_f64();
+            *self = Load { busy, ..now };
+        }
+        self.busy
+    }
+}
+
+/// The CPU time `clock` (the process's or this thread's) has counted.
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid timespec for clock_gettime to fill; the clock ids are the
+    // POSIX CPU-time clocks, which every supported platform has.
+    unsafe { libc::clock_gettime(clock, &mut time) };
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+/// The shadow thread's time in the current second.
+struct Budget {
+    since: Instant,
+    used: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            since: Instant::now(),
+            used: Duration::ZERO,
+        }
+    }
+}
+
+impl Budget {
+    /// Whether the copies took `share` of the time since the second began.
+    fn spent(&mut self, share: f64) -> bool {
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            *self = Budget::default();
+        }
+        self.used.as_secs_f64() >= share * self.since.elapsed().as_secs_f64().max(0.01)
+    }
+
+    fn spend(&mut self, took: Duration) {
+        self.used += took;
+    }
+}
+
+/// The candidate's declared outputs for the job's request.
 async fn shadow_outputs(job: &ShadowJob) -> Result<Vec<Tensor>, Error> {
     let candidate = &job.experiment.candidate;
     let limits = &candidate.spec.limits;
@@ -720,18 +831,5 @@ async fn shadow_outputs(job: &ShadowJob) -> Result<Vec<Tensor>, Error> {
         job.header_length.as_deref(),
         limits.max_tensor_elements,
     )?;
-    let outputs = candidate
-        .infer(request.batch, &mut Trace::default())
-        .await?;
-    Ok(outputs.tensors)
-}
-
-/// Nice 19 for this thread (Linux schedules threads alone).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on this thread's id changes only this thread's scheduling priority.
-    unsafe {
-        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, 19);
-    }
+    Ok(candidate.run_shadow(request.batch).await?.tensors)
 }

@@ -23,6 +23,11 @@ pub struct Settings {
     /// Shadow: the share of requests the candidate also runs, in (0, 1].
     #[serde(default = "one")]
     pub sample: f64,
+    /// Shadow: the share of one core the copies may take while the rest of the server keeps
+    /// more than half the cores busy; copies beyond it are skipped and counted. 1 runs every
+    /// copy whatever the load.
+    #[serde(default = "default_shadow_share")]
+    pub shadow_share: f64,
     /// Canary: the candidate's share of requests at each step, in percent, rising.
     #[serde(default = "default_steps")]
     pub steps: Vec<f64>,
@@ -89,6 +94,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn default_shadow_share() -> f64 {
+    0.1
+}
+
 fn yes() -> bool {
     true
 }
@@ -111,6 +120,12 @@ impl Settings {
         let share = |v: f64| v.is_finite() && v > 0.0;
         if self.mode == Mode::Shadow && !(share(self.sample) && self.sample <= 1.0) {
             return Err(format!("sample is {}; it must be in (0, 1]", self.sample));
+        }
+        if !(share(self.shadow_share) && self.shadow_share <= 1.0) {
+            return Err(format!(
+                "shadow_share is {}; it must be in (0, 1]",
+                self.shadow_share
+            ));
         }
         if self.mode == Mode::Canary {
             if self.steps.is_empty() || self.steps.len() > 100 {

@@ -167,11 +167,6 @@ impl Admission {
         }
     }
 
-    /// Whether requests wait for a turn: then work that can wait (shadow copies) gives way.
-    pub fn under_pressure(&self) -> bool {
-        self.in_flight() > self.bounds.concurrency
-    }
-
     /// Requests running or waiting now.
     pub fn in_flight(&self) -> usize {
         self.bounds.concurrency + self.bounds.queue - self.places.available_permits()

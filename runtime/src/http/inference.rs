@@ -295,7 +295,7 @@ async fn admit_and_infer(
                 id: trace.request_id.clone(),
                 active: outputs.tensors,
             };
-            (app.registry.experiments()).shadow(experiment, copy, app.admission.under_pressure());
+            (app.registry.experiments()).shadow(experiment, copy);
         }
         Ok(response)
     };

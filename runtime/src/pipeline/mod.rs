@@ -183,6 +183,16 @@ impl Pipeline {
         Ok(outputs)
     }
 
+    /// Run a shadow copy of a request: `validate` and the stages, alone, with no drift or
+    /// quality record (the request was counted when the active version answered it).
+    pub async fn run_shadow(&self, batch: Batch) -> Result<Batch, Error> {
+        let mut clock = Laps::start();
+        let mut trace = Trace::default();
+        self.check_fits(&batch)?;
+        self.validate(&batch, &mut trace, &mut clock)?;
+        self.run_stages(batch, &mut trace.stages, &mut clock).await
+    }
+
     /// Refuse inputs that cannot fit in a stage's memory (413): a stage holds the batch it
     /// gets and the batch it returns in its linear memory, so inputs may take at most half of
     /// `limits.memory_mib`. Without this, a request the element limit lets through could only
