@@ -464,3 +464,82 @@ fn a_restart_mid_step_resumes_the_step_with_a_fresh_window_and_promotes_nothing(
         "no promotion on restart"
     );
 }
+
+#[test]
+fn a_canary_whose_quality_falls_below_the_active_versions_is_aborted_on_the_truth() {
+    let source = repo_root().join("examples/breast-cancer");
+    let server = TestServer::start(&[Manifest::load(&source.join("pipeline.toml")).unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    // The candidate: the same pipeline with its coefficients negated.
+    let mut weights: Value = serde_json::from_str(
+        &std::fs::read_to_string(source.join("logistic_regression.json")).unwrap(),
+    )
+    .unwrap();
+    for row in weights["coef"].as_array_mut().unwrap() {
+        for w in row.as_array_mut().unwrap() {
+            *w = json!(-w.as_f64().unwrap());
+        }
+    }
+    std::fs::write(
+        dir.path().join("logistic_regression.json"),
+        weights.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(
+        source.join("reference.json"),
+        dir.path().join("reference.json"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(source.join("pipeline.toml")).unwrap();
+    let degraded = Manifest::parse(&text, dir.path()).unwrap();
+    server.registry.deploy_candidate(&degraded).unwrap();
+    // Errors and latency pass; only the truth can fail it.
+    start(
+        &server,
+        "breast-cancer",
+        json!({ "mode": "canary", "candidate": 2, "steps": [50],
+          "interval_seconds": 1, "auto_promote": false,
+          "gates": { "min_requests": 5, "max_p99_ratio": 100.0 } }),
+    );
+    let rows = crate::observe::heldout();
+    let classify = |i: usize| {
+        let (row, _) = &rows[i % rows.len()];
+        let request = json!({ "id": format!("r{i}"), "inputs": [
+            { "name": "features", "shape": [1, 30], "datatype": "FP64", "data": row }
+        ] });
+        assert_eq!(
+            server
+                .post_json("/v2/models/breast-cancer/infer", &request)
+                .0,
+            200
+        );
+    };
+    let feedback: Vec<Value> = (0..rows.len())
+        .map(|i| {
+            classify(i);
+            json!({ "id": format!("r{i}"), "target": rows[i].1 })
+        })
+        .collect();
+    let body = json!({ "feedback": feedback }).to_string();
+    let (status, summary) =
+        server.admin(Method::POST, "/v1/pipelines/breast-cancer/feedback", body);
+    assert_eq!(
+        (status, &summary["matched"]),
+        (200, &json!(rows.len())),
+        "{summary}"
+    );
+    let started = Instant::now();
+    let mut i = rows.len();
+    while experiment(&server, "breast-cancer")["state"] == "running"
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        classify(i);
+        i += 1;
+    }
+    let answer = experiment(&server, "breast-cancer");
+    assert_eq!(answer["state"], "aborted", "{answer}");
+    assert!(
+        answer["reason"].as_str().unwrap().contains("accuracy"),
+        "{answer}"
+    );
+}
