@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WEIR = ROOT / "target" / "release" / "weir"
+from serving import ROOT, WEIR
+import serving
+
 PORTS = {"with_quality": 18701, "without_quality": 18702}
 
 # Each request carries a unique id: "<round>-<n>".
@@ -54,13 +55,7 @@ def serve(name, work):
         (data / needed).write_bytes((ROOT / "examples/iris" / needed).read_bytes())
     path = data / "pipeline.toml"
     path.write_text(manifest)
-    process = subprocess.Popen(
-        [WEIR, "serve", "--listen", f"127.0.0.1:{PORTS[name]}", "--data-dir", data, path],
-        env=dict(os.environ, RUST_LOG="warn"), stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (data / "admin-token").exists():
-        time.sleep(0.2)
-    time.sleep(0.5)
+    process, _ = serving.serve(PORTS[name], data, path)
     return process, data
 
 
@@ -86,7 +81,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT, check=True)
+    serving.build()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         script = work / "ids.lua"

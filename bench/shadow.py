@@ -22,8 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WEIR = ROOT / "target" / "release" / "weir"
+from serving import ROOT, WEIR
+import serving
+
 PORT = 18801
 BASE = f"http://127.0.0.1:{PORT}"
 LUA = """
@@ -59,21 +60,14 @@ def main():
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "weir"], cwd=ROOT, check=True)
+    serving.build()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         script = Path(tmp) / "post.lua"
         script.write_text(LUA)
         manifest = ROOT / "examples/iris/pipeline.toml"
-        server = subprocess.Popen([WEIR, "serve", "--listen", f"127.0.0.1:{PORT}", "--data-dir",
-                                   data, manifest], env=dict(os.environ, RUST_LOG="warn"),
-                                  stderr=subprocess.DEVNULL)
+        server, token = serving.serve(PORT, data, manifest)
         try:
-            deadline = time.time() + 120
-            while time.time() < deadline and not (data / "admin-token").exists():
-                time.sleep(0.2)
-            time.sleep(0.5)
-            token = (data / "admin-token").read_text().strip()
             subprocess.run([WEIR, "deploy", "--candidate", manifest, "--server", BASE,
                             "--data-dir", data], check=True, capture_output=True)
             # Paired turns, short, per connection count: this VM's speed drifts by a quarter

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use weir::http::admission::Bounds;
 use weir::pipeline::manifest::Manifest;
 
-use crate::cli::Served;
+use crate::cli::{Served, manage};
 use crate::support::{Options, TestServer, faulty, faulty_with, iris, repo_root};
 
 /// The iris example's 150 training rows, with the label the model gives each.
@@ -384,7 +384,7 @@ fn a_restart_mid_step_resumes_the_step_with_a_fresh_window_and_promotes_nothing(
     let base = format!("http://{}", served.addr);
     let client = reqwest::blocking::Client::new();
     let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
-    let manage = |method: Method, path: &str, body: String| -> Value {
+    let admin = |method: Method, path: &str, body: String| -> Value {
         let response = (client.request(method, format!("{base}{path}")))
             .bearer_auth(token.trim())
             .body(body)
@@ -393,27 +393,16 @@ fn a_restart_mid_step_resumes_the_step_with_a_fresh_window_and_promotes_nothing(
         response.json().unwrap()
     };
     // The candidate: the same manifest, deployed through the CLI as a new version.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "deploy",
-            "--candidate",
-            manifest.to_str().unwrap(),
-            "--server",
-            &base,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let deployed = manage(
+        &served,
+        dir,
+        &["deploy", "--candidate", manifest.to_str().unwrap()],
     );
+    assert!(deployed.unwrap().contains("candidate"));
     let settings = json!({ "mode": "canary", "candidate": 2, "steps": [10, 20, 30],
                            "interval_seconds": 1, "auto_promote": false,
                            "gates": { "min_requests": 1, "max_p99_ratio": 100.0 } });
-    manage(
+    admin(
         Method::PUT,
         "/v1/pipelines/iris/experiment",
         settings.to_string(),
@@ -422,7 +411,7 @@ fn a_restart_mid_step_resumes_the_step_with_a_fresh_window_and_promotes_nothing(
                                        "data": [5.1, 3.5, 1.4, 0.2] }] });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut key = 0;
-    while manage(Method::GET, "/v1/pipelines/iris/experiment", String::new())["step"] != 1
+    while admin(Method::GET, "/v1/pipelines/iris/experiment", String::new())["step"] != 1
         && Instant::now() < deadline
     {
         key += 1;
