@@ -243,7 +243,7 @@ impl Experiments {
         };
         let experiment = Arc::new(Experiment::new(pipeline.to_owned(), candidate, record));
         experiment.note("started", "");
-        self.save(&experiment, None)?;
+        self.save(&experiment)?;
         self.running
             .write()
             .unwrap()
@@ -264,34 +264,45 @@ impl Experiments {
         self.end(&live, State::Aborted, "superseded", None)
     }
 
-    /// End `experiment` in `state` for `reason`, recording it (with the version to activate,
-    /// when promoting, in the same transaction).
+    /// End `experiment` in `state` for `reason`. The record is written first (when promoting,
+    /// with the new active version in the same transaction), then `promote`'s version
+    /// `switch`es in, and only then does the experiment stop routing: no request falls back to
+    /// the old version in between.
     pub fn end(
         &self,
         experiment: &Experiment,
         state: State,
         reason: &str,
-        activate: Option<u64>,
+        promote: Option<(u64, &dyn Fn())>,
     ) -> Result<(), Error> {
-        {
-            let mut record = experiment.record.lock().unwrap();
-            record.state = state;
-            record.reason = Some(reason.to_owned());
+        let mut ended = experiment.record.lock().unwrap().clone();
+        ended.state = state;
+        ended.reason = Some(reason.to_owned());
+        let step = ended.step;
+        push_history(&mut ended, state.name(), reason, step);
+        self.write(
+            &experiment.pipeline,
+            &ended,
+            promote.map(|(version, _)| version),
+        )?;
+        if let Some((_, switch)) = promote {
+            switch();
         }
-        experiment.note(state.name(), reason);
-        self.save(experiment, activate)?;
+        *experiment.record.lock().unwrap() = ended;
         tracing::warn!(pipeline = %experiment.pipeline, state = state.name(), reason, "experiment ended");
         Ok(())
     }
 
-    /// Write `experiment`'s record (and make `activate` the active version) at once.
-    fn save(&self, experiment: &Experiment, activate: Option<u64>) -> Result<(), Error> {
-        let text = serde_json::to_string(&*experiment.record.lock().unwrap())
-            .map_err(|e| Error::StageFailed(e.to_string()))?;
-        (self
-            .store
-            .set_experiment(&experiment.pipeline, &text, activate))
-        .map_err(Error::refused)
+    /// Write `experiment`'s record as it is.
+    fn save(&self, experiment: &Experiment) -> Result<(), Error> {
+        let record = experiment.record.lock().unwrap().clone();
+        self.write(&experiment.pipeline, &record, None)
+    }
+
+    /// Write `record` (and make `activate` the active version) at once.
+    fn write(&self, pipeline: &str, record: &Record, activate: Option<u64>) -> Result<(), Error> {
+        let text = serde_json::to_string(record).map_err(|e| Error::StageFailed(e.to_string()))?;
+        (self.store.set_experiment(pipeline, &text, activate)).map_err(Error::refused)
     }
 
     /// Judge every live experiment whose interval is over; what each decided. A canary that
@@ -309,7 +320,7 @@ impl Experiments {
             match experiment.apply(verdict) {
                 Next::Stay => {}
                 Next::Save => {
-                    if let Err(e) = self.save(&experiment, None) {
+                    if let Err(e) = self.save(&experiment) {
                         tracing::error!(error = %e, "saving the experiment failed");
                     }
                 }

@@ -383,8 +383,14 @@ impl Registry {
             Error::InvalidInput(format!("the candidate failed its warm-up call: {e}"))
         })?;
         let version = candidate.number;
-        (self.experiments()).end(&experiment, State::Promoted, reason, Some(version))?;
-        self.slot(name)?.active.store(Some(candidate));
+        let slot = self.slot(name)?;
+        let switch = || slot.active.store(Some(candidate.clone()));
+        (self.experiments()).end(
+            &experiment,
+            State::Promoted,
+            reason,
+            Some((version, &switch)),
+        )?;
         tracing::info!(
             pipeline = name,
             version,
