@@ -486,28 +486,7 @@ fn a_canary_whose_quality_falls_below_the_active_versions_is_aborted_on_the_trut
     let source = repo_root().join("examples/breast-cancer");
     let server = TestServer::start(&[Manifest::load(&source.join("pipeline.toml")).unwrap()]);
     let dir = tempfile::tempdir().unwrap();
-    // The candidate: the same pipeline with its coefficients negated.
-    let mut weights: Value = serde_json::from_str(
-        &std::fs::read_to_string(source.join("logistic_regression.json")).unwrap(),
-    )
-    .unwrap();
-    for row in weights["coef"].as_array_mut().unwrap() {
-        for w in row.as_array_mut().unwrap() {
-            *w = json!(-w.as_f64().unwrap());
-        }
-    }
-    std::fs::write(
-        dir.path().join("logistic_regression.json"),
-        weights.to_string(),
-    )
-    .unwrap();
-    std::fs::copy(
-        source.join("reference.json"),
-        dir.path().join("reference.json"),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(source.join("pipeline.toml")).unwrap();
-    let degraded = Manifest::parse(&text, dir.path()).unwrap();
+    let degraded = crate::quality::degraded_breast_cancer(dir.path());
     server.registry.deploy_candidate(&degraded).unwrap();
     // Errors and latency pass; only the truth can fail it.
     start(

@@ -18,7 +18,7 @@ use weir::quality::records::{FLUSH_INTERVAL, RecordBounds};
 
 use crate::cli::{Served, manage};
 use crate::observe::{example, heldout};
-use crate::support::{Options, TOKEN, TestServer, iris, repo_root};
+use crate::support::{Options, TOKEN, TestServer, iris, negated_weights, repo_root};
 
 /// A webhook receiver on loopback: every JSON body POSTed to it, answered 200.
 struct Webhook {
@@ -127,17 +127,12 @@ fn breast_cancer() -> Manifest {
     Manifest::load(&example("breast-cancer").join("pipeline.toml")).unwrap()
 }
 
-/// The breast-cancer pipeline with its coefficients negated: a real, badly degraded model.
-fn degraded_breast_cancer(dir: &Path) -> Manifest {
+/// The breast-cancer pipeline with its coefficients negated, its files in `dir`: a real,
+/// badly degraded model.
+pub fn degraded_breast_cancer(dir: &Path) -> Manifest {
     let source = example("breast-cancer");
-    let text = std::fs::read_to_string(source.join("logistic_regression.json")).unwrap();
-    let mut weights: Value = serde_json::from_str(&text).unwrap();
-    for row in weights["coef"].as_array_mut().unwrap() {
-        for w in row.as_array_mut().unwrap() {
-            *w = json!(-w.as_f64().unwrap());
-        }
-    }
-    std::fs::write(dir.join("logistic_regression.json"), weights.to_string()).unwrap();
+    let weights = negated_weights("breast-cancer");
+    std::fs::write(dir.join("logistic_regression.json"), weights).unwrap();
     std::fs::copy(source.join("reference.json"), dir.join("reference.json")).unwrap();
     let manifest = std::fs::read_to_string(source.join("pipeline.toml")).unwrap();
     Manifest::parse(&manifest, dir).unwrap()

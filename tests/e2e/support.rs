@@ -333,8 +333,13 @@ impl Drop for TestServer {
 
 /// The iris coefficients negated: a real artifact that answers differently.
 pub fn flipped_weights() -> Vec<u8> {
-    let text = std::fs::read_to_string(repo_root().join("examples/iris/logistic_regression.json"))
-        .unwrap();
+    negated_weights("iris")
+}
+
+/// An example's logistic-regression coefficients negated.
+pub fn negated_weights(example: &str) -> Vec<u8> {
+    let file = repo_root().join(format!("examples/{example}/logistic_regression.json"));
+    let text = std::fs::read_to_string(file).unwrap();
     let mut weights: Value = serde_json::from_str(&text).unwrap();
     for row in weights["coef"].as_array_mut().unwrap() {
         for w in row.as_array_mut().unwrap() {
