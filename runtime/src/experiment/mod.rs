@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderName;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -122,6 +123,10 @@ pub struct Decision {
 pub struct Experiment {
     pub pipeline: String,
     candidate: Arc<Pipeline>,
+    /// The settings' mode and routing header, which never change while it runs, read by every
+    /// request without the record's lock.
+    mode: Mode,
+    route_header: HeaderName,
     record: Mutex<Record>,
     seen: Mutex<Seen>,
     /// For requests with no routing key: spread by a counter.
@@ -373,9 +378,14 @@ enum Next {
 
 impl Experiment {
     fn new(pipeline: String, candidate: Arc<Pipeline>, record: Record) -> Experiment {
+        // Checked when the experiment started.
+        let route_header = HeaderName::try_from(record.settings.route_header.as_str())
+            .unwrap_or_else(|_| HeaderName::from_static("x-weir-route-key"));
         Experiment {
             pipeline,
             candidate,
+            mode: record.settings.mode,
+            route_header,
             record: Mutex::new(record),
             seen: Mutex::new(Seen {
                 interval: Window::default(),
@@ -395,7 +405,7 @@ impl Experiment {
     }
 
     pub fn mode(&self) -> Mode {
-        self.record.lock().unwrap().settings.mode
+        self.mode
     }
 
     /// The candidate version.
@@ -404,8 +414,8 @@ impl Experiment {
     }
 
     /// The header that routes requests.
-    pub fn route_header(&self) -> String {
-        self.record.lock().unwrap().settings.route_header.clone()
+    pub fn route_header(&self) -> &HeaderName {
+        &self.route_header
     }
 
     /// The 409 for a change while this experiment is live.

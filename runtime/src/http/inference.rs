@@ -172,7 +172,7 @@ async fn infer_route(
         Some(_) => None,
     };
     let route_key = experiment.as_ref().and_then(|e| {
-        let value = request.headers().get(e.route_header().as_str())?;
+        let value = request.headers().get(e.route_header())?;
         value.to_str().ok().map(str::to_owned)
     });
     let started = Instant::now();
